@@ -1,0 +1,119 @@
+//! [`ApiError`]: every error the API answers, mapped to a status in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use shoal_raft::{ClusterError, Rejection};
+
+/// An error answered as `{"error": "<code>", "message": "<text>"}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for `Retry-After`, on 503s.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// Returns an error with `status`, machine-readable `code` and a message for people.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404: nothing is at that path.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 422: well-formed JSON with values that cannot be accepted.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", message)
+    }
+
+    /// 503 with `Retry-After`: the cluster cannot serve this right now.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// 500: logs `detail` and tells the client only that something failed inside.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the node's log",
+        )
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        let message = rejection.to_string();
+        match rejection {
+            Rejection::NotFound => Self::not_found("session_not_found", message),
+            Rejection::AlreadyExists => Self::new(StatusCode::CONFLICT, "session_exists", message),
+            Rejection::VersionMismatch { .. } => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
+            }
+            Rejection::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+            Rejection::NotAnObject => Self::unprocessable(message),
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(error: ClusterError) -> Self {
+        match error {
+            ClusterError::Rejected(rejection) => rejection.into(),
+            ClusterError::NoLeader => Self::unavailable(
+                "no_leader",
+                "the cluster has no leader right now; retry shortly",
+            ),
+            ClusterError::NotLeader { leader_id, .. } => Self::unavailable(
+                "not_leader",
+                format!("node {leader_id} leads the cluster; retry shortly"),
+            ),
+            ClusterError::Timeout(timeout) => Self::unavailable(
+                "timeout",
+                format!(
+                    "the cluster did not answer within {} ms; retry shortly",
+                    timeout.as_millis()
+                ),
+            ),
+            ClusterError::Storage(_) | ClusterError::Raft(_) => Self::internal(error),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.code, "message": self.message }));
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// The result type of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

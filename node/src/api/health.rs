@@ -1,0 +1,83 @@
+//! `GET /api/health`, `GET /api/health/ready` and `GET /metrics`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let status = app.cluster.status();
+    let members: Vec<_> = status
+        .members
+        .iter()
+        .map(|(node_id, addr)| {
+            let is_self = *node_id == status.node_id;
+            json!({
+                "node_id": node_id,
+                "instance_id": is_self.then_some(&app.instance_id),
+                "addr": addr,
+                // Liveness of other members comes from gossip; until then it is unknown.
+                "alive": is_self.then_some(true),
+            })
+        })
+        .collect();
+    Json(json!({
+        "status": "ok",
+        "instance_id": app.instance_id,
+        "node_id": status.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": "cluster",
+        "storage": "cluster",
+        "cluster": {
+            "role": status.role,
+            "leader_id": status.leader_id,
+            "term": status.term,
+            "voters": status.voters,
+            "learners": status.learners,
+            "members": members,
+            "last_log_index": status.last_log_index,
+            "commit_index": status.committed_index,
+            "last_applied": status.last_applied_index,
+        },
+    }))
+}
+
+/// 200 when this node can serve linearizable reads and writes now (a leader confirmed
+/// by a quorum round), else 503: what a load balancer's health check needs.
+async fn ready(State(app): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    if app.cluster.status().leader_id.is_none() {
+        return Err(ApiError::unavailable(
+            "no_leader",
+            "the cluster has no leader right now",
+        ));
+    }
+    app.cluster.read_barrier().await?;
+    Ok(Json(
+        json!({ "status": "ready", "node_id": app.cluster.node_id() }),
+    ))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let body = crate::metrics::render(&app.metrics, &app.cluster);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

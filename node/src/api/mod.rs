@@ -1,0 +1,67 @@
+//! The public HTTP API of DESIGN §6 and the state its handlers share.
+
+mod error;
+mod health;
+mod json;
+mod sessions;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::Router;
+pub use error::{ApiError, ApiResult};
+use metrics_exporter_prometheus::PrometheusHandle;
+pub use sessions::SESSION_COOKIE;
+use shoal_raft::{Cluster, Toucher};
+
+use crate::config::Config;
+
+/// Room for the JSON around a session's `data` in a request body.
+const BODY_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub cluster: Cluster,
+    pub toucher: Toucher,
+    pub config: Config,
+    pub instance_id: String,
+    pub metrics: PrometheusHandle,
+}
+
+/// Cheaply clonable handle on the [`NodeContext`].
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<NodeContext>);
+
+impl Deref for AppState {
+    type Target = NodeContext;
+
+    fn deref(&self) -> &NodeContext {
+        &self.0
+    }
+}
+
+/// Returns the router of the public API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = usize::try_from(state.config.max_session_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(BODY_OVERHEAD_BYTES);
+    Router::new()
+        .merge(health::routes())
+        .merge(sessions::routes())
+        .fallback(|| async {
+            ApiError::not_found("not_found", "no such route; see README.md for the API")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
+        .with_state(state)
+}

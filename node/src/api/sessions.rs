@@ -1,0 +1,329 @@
+//! The sessions API (DESIGN §6): create, read by id or cookie, merge-patch, replace, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use shoal_raft::{unix_millis, Command, Rejection, SessionChange, SessionRecord};
+
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::AppState;
+use crate::config::MAX_SESSION_TTL_SECS;
+use crate::time::rfc3339_millis;
+
+/// The cookie that carries the session id.
+pub const SESSION_COOKIE: &str = "shoal_session";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/sessions", post(create_session))
+        .route(
+            "/api/sessions/{id}",
+            get(get_session)
+                .patch(patch_session)
+                .put(put_session)
+                .delete(delete_session),
+        )
+        .route("/api/session", get(get_cookie_session))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSessionBody {
+    #[serde(default)]
+    data: Option<Value>,
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSessionBody {
+    data: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView<'a> {
+    id: &'a str,
+    data: &'a RawValue,
+    version: u64,
+    created_at: String,
+    expires_at: String,
+}
+
+/// Returns a new session id: 128 bits from the thread's CSPRNG, as 32 hex digits.
+fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn is_session_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn checked_id(id: &str) -> ApiResult<&str> {
+    if is_session_id(id) {
+        Ok(id)
+    } else {
+        Err(Rejection::NotFound.into())
+    }
+}
+
+/// Checks that `data` is a JSON object within the size limit and returns its text.
+fn data_text(data: Option<Value>, max_bytes: u64) -> ApiResult<String> {
+    let data = match data {
+        None | Some(Value::Null) => return Ok("{}".to_string()),
+        Some(data @ Value::Object(_)) => data.to_string(),
+        Some(_) => return Err(ApiError::unprocessable("`data` must be a JSON object")),
+    };
+    if data.len() as u64 > max_bytes {
+        return Err(Rejection::TooLarge {
+            size: data.len() as u64,
+            limit: max_bytes,
+        }
+        .into());
+    }
+    Ok(data)
+}
+
+/// Parses `If-Match`: `"<version>"` (or a bare number); `*` and absence mean any version.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_if_match",
+            "If-Match must be a session version such as \"3\"",
+        )
+    };
+    let text = value.to_str().map_err(|_| invalid())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let unquoted = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(text);
+    unquoted.parse().map(Some).map_err(|_| invalid())
+}
+
+fn session_cookie(id: &str, max_age_secs: u64) -> HeaderValue {
+    let cookie =
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}");
+    HeaderValue::from_str(&cookie).expect("session ids and numbers are valid header text")
+}
+
+fn cookie_session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+fn session_response(status: StatusCode, id: &str, record: &SessionRecord) -> ApiResult<Response> {
+    let data = RawValue::from_string(record.data.clone()).map_err(ApiError::internal)?;
+    let view = SessionView {
+        id,
+        data: &data,
+        version: record.version,
+        created_at: rfc3339_millis(record.created_at_ms),
+        expires_at: rfc3339_millis(record.expires_at_ms),
+    };
+    let mut response = (status, Json(view)).into_response();
+    let etag = HeaderValue::from_str(&format!("\"{}\"", record.version)).expect("digits");
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
+}
+
+fn written_session(response: shoal_raft::Response) -> ApiResult<(String, SessionRecord)> {
+    match response {
+        shoal_raft::Response::Session { id, record } => Ok((id, record)),
+        other => Err(ApiError::internal(format!(
+            "a session write answered {other:?}"
+        ))),
+    }
+}
+
+async fn create_session(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<CreateSessionBody>,
+) -> ApiResult<Response> {
+    let data = data_text(body.data, app.config.max_session_bytes)?;
+    let ttl_secs = match body.ttl_secs {
+        None => app.config.session_ttl.as_secs(),
+        Some(ttl_secs @ 1..=MAX_SESSION_TTL_SECS) => ttl_secs,
+        Some(_) => {
+            return Err(ApiError::unprocessable(format!(
+                "`ttl_secs` must be between 1 and {MAX_SESSION_TTL_SECS}"
+            )))
+        }
+    };
+    let command = Command::CreateSession {
+        id: new_session_id(),
+        data,
+        ttl_ms: ttl_secs * 1000,
+    };
+    let (id, record) = written_session(app.cluster.write(command).await?)?;
+    let mut response = session_response(StatusCode::CREATED, &id, &record)?;
+    let headers = response.headers_mut();
+    headers.insert(header::SET_COOKIE, session_cookie(&id, ttl_secs));
+    let location = HeaderValue::from_str(&format!("/api/sessions/{id}")).expect("hex id");
+    headers.insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// Reads session `id` linearizably and queues a touch to slide its expiry.
+async fn read_session(app: &AppState, id: &str) -> ApiResult<SessionRecord> {
+    app.cluster.read_barrier().await?;
+    let record = app
+        .cluster
+        .reader()
+        .session(id, unix_millis())
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::from(Rejection::NotFound))?;
+    app.toucher.touch(id);
+    Ok(record)
+}
+
+async fn get_session(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = checked_id(&id)?;
+    let record = read_session(&app, id).await?;
+    session_response(StatusCode::OK, id, &record)
+}
+
+async fn get_cookie_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = cookie_session_id(&headers).ok_or_else(|| {
+        ApiError::not_found(
+            "no_session",
+            format!("the request has no {SESSION_COOKIE} cookie"),
+        )
+    })?;
+    let id = checked_id(id)?;
+    let record = read_session(&app, id).await?;
+    let mut response = session_response(StatusCode::OK, id, &record)?;
+    // Refresh the cookie so that it lives as long as the sliding session does.
+    let cookie = session_cookie(id, record.ttl_ms / 1000);
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+async fn update_session(
+    app: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    change: SessionChange,
+) -> ApiResult<Response> {
+    let command = Command::UpdateSession {
+        id: id.to_string(),
+        change,
+        if_version: if_match(headers)?,
+        max_data_bytes: app.config.max_session_bytes,
+    };
+    let (id, record) = written_session(app.cluster.write(command).await?)?;
+    session_response(StatusCode::OK, &id, &record)
+}
+
+async fn patch_session(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(patch): JsonBody<Value>,
+) -> ApiResult<Response> {
+    let id = checked_id(&id)?;
+    if !patch.is_object() {
+        return Err(ApiError::unprocessable(
+            "a merge patch of `data` must be a JSON object (data must stay an object)",
+        ));
+    }
+    update_session(
+        &app,
+        id,
+        &headers,
+        SessionChange::MergePatch(patch.to_string()),
+    )
+    .await
+}
+
+async fn put_session(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PutSessionBody>,
+) -> ApiResult<Response> {
+    let id = checked_id(&id)?;
+    let data = data_text(Some(body.data), app.config.max_session_bytes)?;
+    update_session(&app, id, &headers, SessionChange::Replace(data)).await
+}
+
+async fn delete_session(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = checked_id(&id)?;
+    let command = Command::DeleteSession {
+        id: id.to_string(),
+        if_version: if_match(&headers)?,
+    };
+    app.cluster.write(command).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if cookie_session_id(&headers) == Some(id) {
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, session_cookie("", 0));
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_128_bit_hex_and_distinct() {
+        let first = new_session_id();
+        assert!(is_session_id(&first), "{first}");
+        assert_ne!(first, new_session_id());
+        assert!(!is_session_id("../etc/passwd"));
+        assert!(!is_session_id(&first.to_uppercase()));
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(if_match(&headers), Ok(None));
+        for (text, expected) in [("\"3\"", Some(3)), ("3", Some(3)), ("*", None)] {
+            headers.insert(header::IF_MATCH, HeaderValue::from_static(text));
+            assert_eq!(if_match(&headers), Ok(expected), "{text}");
+        }
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        assert_eq!(
+            if_match(&headers).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; shoal_session=abc ; b=2"),
+        );
+        assert_eq!(cookie_session_id(&headers), Some("abc"));
+    }
+}

@@ -1,0 +1,315 @@
+//! Command-line flags (each with its environment variable) and the validated [`Config`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// shoal: a horizontally scalable backend for sessions, live search progress and
+/// reports, replicated with Raft and needing no Redis.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// What `shoal` does; without a subcommand it serves.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a node (the default).
+    Serve(ServeArgs),
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `shoal serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve HTTP on [default: 0.0.0.0:8000, or 0.0.0.0:$PORT]
+    #[arg(long, env = "SHOAL_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Port to serve HTTP on, on all interfaces (ignored when --listen is given)
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+
+    /// host:port other nodes reach this node at [default: the listen address, with
+    /// 127.0.0.1 for an unspecified IP]
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+
+    /// Directory holding this node's data (created if missing)
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+
+    /// Raft node id (a positive integer) [default: generated once and kept in the data dir]
+    #[arg(long, env = "SHOAL_NODE_ID")]
+    pub node_id: Option<u64>,
+
+    /// Name of this instance in logs and /api/health [default: shoal-<node id>]
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Seconds a session lives without being used, unless created with ttl_secs
+    #[arg(
+        long,
+        env = "SHOAL_SESSION_TTL",
+        default_value_t = 86_400,
+        value_name = "SECS"
+    )]
+    pub session_ttl: u64,
+
+    /// Largest session `data`, in bytes of JSON; larger gets 413
+    #[arg(
+        long,
+        env = "SHOAL_MAX_SESSION_BYTES",
+        default_value_t = 65_536,
+        value_name = "BYTES"
+    )]
+    pub max_session_bytes: u64,
+
+    /// Log format
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `debug,openraft=info` (RUST_LOG is honoured too)
+    #[arg(long, env = "SHOAL_LOG", default_value = "info,openraft=warn")]
+    pub log: String,
+
+    /// Raft heartbeat interval
+    #[arg(
+        long,
+        env = "SHOAL_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 100,
+        value_name = "MS"
+    )]
+    pub heartbeat_interval_ms: u64,
+
+    /// Shortest Raft election timeout; the longest is twice this
+    #[arg(
+        long,
+        env = "SHOAL_ELECTION_TIMEOUT_MS",
+        default_value_t = 500,
+        value_name = "MS"
+    )]
+    pub election_timeout_ms: u64,
+
+    /// Build a Raft snapshot (and purge the log behind it) every this many entries
+    #[arg(
+        long,
+        env = "SHOAL_SNAPSHOT_LOGS",
+        default_value_t = 10_000,
+        value_name = "ENTRIES"
+    )]
+    pub snapshot_logs: u64,
+
+    /// How long a write or linearizable read may wait for the cluster before 503
+    #[arg(
+        long,
+        env = "SHOAL_REQUEST_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_name = "MS"
+    )]
+    pub request_timeout_ms: u64,
+
+    /// How often expired entries are removed and session touches are proposed
+    #[arg(
+        long,
+        env = "SHOAL_MAINTENANCE_INTERVAL_MS",
+        default_value_t = 1_000,
+        value_name = "MS"
+    )]
+    pub maintenance_interval_ms: u64,
+}
+
+/// The most a session may live without use: 365 days.
+pub const MAX_SESSION_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// A node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertise_addr: Option<String>,
+    pub data_dir: PathBuf,
+    pub node_id: Option<u64>,
+    pub instance_id: Option<String>,
+    pub session_ttl: Duration,
+    pub max_session_bytes: u64,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_logs: u64,
+    pub request_timeout: Duration,
+    pub maintenance_interval: Duration,
+}
+
+/// A flag with a value that cannot work, and what would.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.unwrap_or_else(|| {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port.unwrap_or(8000))
+        });
+        if self.node_id == Some(0) {
+            return Err(invalid("node-id", "0 is reserved; use a positive integer"));
+        }
+        if self.session_ttl == 0 || self.session_ttl > MAX_SESSION_TTL_SECS {
+            return Err(invalid(
+                "session-ttl",
+                format!(
+                    "{} s is out of range; use 1 to {MAX_SESSION_TTL_SECS}",
+                    self.session_ttl
+                ),
+            ));
+        }
+        if self.max_session_bytes < 2 {
+            return Err(invalid(
+                "max-session-bytes",
+                "must be at least 2, the size of an empty object `{}`",
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(invalid("heartbeat-interval-ms", "must be positive"));
+        }
+        if self.election_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(invalid(
+                "election-timeout-ms",
+                format!(
+                    "{} ms must exceed the heartbeat interval ({} ms), ideally by 3x or more",
+                    self.election_timeout_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if self.snapshot_logs == 0 {
+            return Err(invalid("snapshot-logs", "must be positive"));
+        }
+        if self.request_timeout_ms == 0 || self.maintenance_interval_ms == 0 {
+            return Err(invalid(
+                "request-timeout-ms/maintenance-interval-ms",
+                "must be positive",
+            ));
+        }
+        if let Some(addr) = &self.advertise_addr {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    "advertise-addr",
+                    format!("`{addr}` is not host:port"),
+                ));
+            }
+        }
+        Ok(Config {
+            listen,
+            advertise_addr: self.advertise_addr,
+            data_dir: self.data_dir,
+            node_id: self.node_id,
+            instance_id: self.instance_id.filter(|id| !id.trim().is_empty()),
+            session_ttl: Duration::from_secs(self.session_ttl),
+            max_session_bytes: self.max_session_bytes,
+            log_format: self.log_format,
+            log: self.log,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            snapshot_logs: self.snapshot_logs,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
+        })
+    }
+}
+
+impl Config {
+    /// Returns the configuration of `shoal` run with no flags and no environment.
+    pub fn default_for_tests(data_dir: PathBuf) -> Self {
+        let mut args = Cli::parse_from(["shoal"]).serve;
+        args.data_dir = data_dir;
+        args.into_config().expect("the defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .serve
+            .into_config()
+    }
+
+    #[test]
+    fn listen_defaults_and_overrides() {
+        let config = parse(&["--port", "9100"]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9100".parse().unwrap());
+        let config = parse(&["--port", "9100", "--listen", "127.0.0.1:9200"]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9200".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let error = parse(&["--session-ttl", "0"]).unwrap_err();
+        assert_eq!(error.flag, "session-ttl");
+        let error = parse(&[
+            "--election-timeout-ms",
+            "50",
+            "--heartbeat-interval-ms",
+            "100",
+        ])
+        .unwrap_err();
+        assert_eq!(error.flag, "election-timeout-ms");
+        assert!(parse(&["--node-id", "0"]).is_err());
+        assert!(parse(&["--advertise-addr", "nohost"]).is_err());
+    }
+
+    #[test]
+    fn help_names_every_env_var() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "SHOAL_LISTEN",
+            "PORT",
+            "SHOAL_DATA_DIR",
+            "SHOAL_NODE_ID",
+            "INSTANCE_ID",
+            "SHOAL_SESSION_TTL",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}")),
+                "--help lacks {var}:\n{help}"
+            );
+        }
+    }
+}

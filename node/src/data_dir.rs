@@ -1,0 +1,88 @@
+//! The node's data directory: the storage engine and the identity kept beside it.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+const NODE_ID_FILE: &str = "node_id";
+const ENGINE_DIR: &str = "db";
+
+/// Creates the data directory if needed and returns the path of the engine inside it.
+pub fn prepare(data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    Ok(data_dir.join(ENGINE_DIR))
+}
+
+/// Returns this node's id: the one kept in the data dir, else `requested`, else a new
+/// random one. The id is written once; a different `requested` id is an error.
+pub fn node_id(data_dir: &Path, requested: Option<u64>) -> anyhow::Result<u64> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u64 = text.trim().parse().with_context(|| {
+                format!(
+                    "{} is corrupt: expected a node id, found {text:?}",
+                    path.display()
+                )
+            })?;
+            if let Some(requested) = requested.filter(|requested| *requested != stored) {
+                bail!(
+                    "the data dir {} belongs to node {stored}, not --node-id {requested}; \
+                     use another --data-dir or drop --node-id",
+                    data_dir.display()
+                );
+            }
+            Ok(stored)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            // Random ids keep nodes started without --node-id from colliding; the top bit
+            // is cleared so that ids stay readable in JSON consumers that use doubles.
+            let id = requested.unwrap_or_else(|| (rand::random::<u64>() >> 12).max(1));
+            write_durably(&path, id.to_string().as_bytes())?;
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename).
+pub fn write_durably(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let temp = path.with_extension("tmp");
+    let write = || -> io::Result<()> {
+        let mut file = fs::File::create(&temp)?;
+        io::Write::write_all(&mut file, contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        if let Some(parent) = path.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = node_id(dir.path(), None).unwrap();
+        assert!(id > 0 && id < (1 << 53));
+        assert_eq!(node_id(dir.path(), None).unwrap(), id);
+        assert_eq!(node_id(dir.path(), Some(id)).unwrap(), id);
+        let error = node_id(dir.path(), Some(id + 1)).unwrap_err().to_string();
+        assert!(error.contains("belongs to node"), "{error}");
+    }
+
+    #[test]
+    fn requested_id_is_used_for_a_new_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(node_id(dir.path(), Some(7)).unwrap(), 7);
+        assert_eq!(node_id(dir.path(), None).unwrap(), 7);
+    }
+}

@@ -1,0 +1,14 @@
+//! A shoal node: configuration, the HTTP API and the wiring that starts a node.
+//!
+//! `shoal` (the binary) parses a [`Config`] and calls [`run`]; tests and embedding
+//! applications call the same function, or [`Node::start`] to get at the bound address.
+
+pub mod api;
+pub mod config;
+mod data_dir;
+mod metrics;
+mod node;
+mod time;
+
+pub use config::{Cli, CliCommand, Config, ConfigError, LogFormat, ServeArgs};
+pub use node::{init_tracing, run, shutdown_signal, Node};

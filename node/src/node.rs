@@ -1,0 +1,237 @@
+//! [`Node`]: opens storage, starts Raft, serves the API, and shuts down cleanly.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use shoal_raft::{spawn_maintenance, Cluster, ClusterOptions, Node as RaftNode, Toucher};
+use shoal_storage::{Engine, SledEngine};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing_subscriber::EnvFilter;
+
+use crate::api::{self, AppState, NodeContext};
+use crate::config::{Config, LogFormat};
+use crate::data_dir;
+
+/// How long a new single-node cluster may take to elect itself at start.
+const FIRST_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A started node: storage open, Raft running, listener bound, not yet serving.
+#[derive(Debug)]
+pub struct Node {
+    listener: TcpListener,
+    services: Services,
+}
+
+/// Everything of a node but its listener.
+#[derive(Debug)]
+struct Services {
+    state: AppState,
+    engine: Arc<dyn Engine>,
+    maintenance: JoinHandle<()>,
+    stop_maintenance: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Binds the listener, opens the data dir and starts Raft. A new data dir starts a
+    /// one-member cluster; an existing one recovers its cluster without re-initializing.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (is another node running there?)",
+                config.listen
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let engine_path = data_dir::prepare(&config.data_dir)?;
+        let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
+        let instance_id = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("shoal-{node_id}"));
+        let advertise_addr = config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| advertised(local_addr));
+
+        let engine: Arc<dyn Engine> = {
+            let path = engine_path.clone();
+            let engine = tokio::task::spawn_blocking(move || SledEngine::open(&path))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot open the database in {} (is another node using this data dir?)",
+                        engine_path.display()
+                    )
+                })?;
+            Arc::new(engine)
+        };
+        let options = ClusterOptions {
+            node_id,
+            advertise_addr: advertise_addr.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout: (config.election_timeout, config.election_timeout * 2),
+            snapshot_after_logs: config.snapshot_logs,
+            logs_kept_after_snapshot: config.snapshot_logs.min(1000),
+            request_timeout: config.request_timeout,
+        };
+        let cluster = Cluster::start(engine.clone(), options)
+            .await
+            .context("cannot start raft")?;
+        if cluster.is_initialized().await? {
+            tracing::info!(node_id, "recovered raft state from the data dir");
+        } else {
+            let members = BTreeMap::from([(
+                node_id,
+                RaftNode {
+                    addr: advertise_addr.clone(),
+                },
+            )]);
+            cluster
+                .initialize(members)
+                .await
+                .context("cannot initialize a single-node cluster")?;
+            tracing::info!(node_id, "initialized a new single-node cluster");
+        }
+        cluster
+            .wait_for_leader(FIRST_ELECTION_TIMEOUT)
+            .await
+            .context("no raft leader was elected")?;
+
+        let toucher = Toucher::default();
+        let (stop_maintenance, stopped) = watch::channel(false);
+        let maintenance = spawn_maintenance(
+            cluster.clone(),
+            toucher.clone(),
+            config.maintenance_interval,
+            stopped,
+        );
+        tracing::info!(
+            instance_id = %instance_id,
+            node_id,
+            mode = "cluster",
+            data_dir = %config.data_dir.display(),
+            addr = %local_addr,
+            advertise_addr = %advertise_addr,
+            version = env!("CARGO_PKG_VERSION"),
+            "shoal node started"
+        );
+        let state = AppState(Arc::new(NodeContext {
+            cluster,
+            toucher,
+            config,
+            instance_id,
+            metrics: crate::metrics::recorder(),
+        }));
+        Ok(Self {
+            listener,
+            services: Services {
+                state,
+                engine,
+                maintenance,
+                stop_maintenance,
+            },
+        })
+    }
+
+    /// Returns the address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Returns the router of this node's API (for tests through `Router::oneshot`).
+    pub fn router(&self) -> Router {
+        api::router(self.services.state.clone())
+    }
+
+    /// Serves until `shutdown` completes, then stops Raft and flushes storage.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = self.router();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.services.shutdown().await
+    }
+
+    /// Stops the node without serving (for tests that drive [`Node::router`] directly).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.services.shutdown().await
+    }
+}
+
+impl Services {
+    /// Stops background work and Raft, and flushes storage.
+    async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        let _ = self.stop_maintenance.send(true);
+        let _ = self.maintenance.await;
+        self.state.cluster.shutdown().await;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush()).await??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The address to record for this node when none is configured: the bound address,
+/// with loopback standing in for an unspecified IP.
+fn advertised(local_addr: SocketAddr) -> String {
+    if local_addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", local_addr.port())
+    } else {
+        local_addr.to_string()
+    }
+}
+
+/// Runs a node with `config` until `shutdown` completes: what the `shoal` binary does.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Node::start(config).await?.serve(shutdown).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler works on unix");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Sets up logging: `filter` (or RUST_LOG when set) in text or JSON lines on stderr.
+pub fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A subscriber set already (tests, embedding applications) is fine.
+    let _ = result;
+}

@@ -1,0 +1,328 @@
+//! [`Cluster`]: the handle the API uses to write through Raft and to read linearizably.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use shoal_storage::{Engine, LogStore};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::network::Network;
+use crate::state_machine::{StateMachineStore, StateReader};
+use crate::types::{Command, Node, NodeId, Raft, Request, Response, TypeConfig};
+use crate::{ClusterError, Result};
+
+/// How a node takes part in Raft. Timings are settings so tests can run a cluster fast.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// This node's Raft id.
+    pub node_id: NodeId,
+    /// The `host:port` other nodes reach this node's HTTP API at.
+    pub advertise_addr: String,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// The election timeout is drawn from `[min, max)`.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// How many entries below the snapshot the log keeps for slow followers.
+    pub logs_kept_after_snapshot: u64,
+    /// How long a write or a read barrier may take before the API answers 503.
+    pub request_timeout: Duration,
+}
+
+/// A node's view of the cluster, for health, metrics and `shoal status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// This node's role: leader, follower, candidate or learner.
+    pub role: &'static str,
+    /// The leader this node knows of.
+    pub leader_id: Option<NodeId>,
+    /// The current Raft term.
+    pub term: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// Every member with its advertised address.
+    pub members: Vec<(NodeId, String)>,
+    /// The index of the last log entry.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry known committed.
+    pub committed_index: Option<u64>,
+    /// The index of the last applied entry.
+    pub last_applied_index: Option<u64>,
+    /// The last entry covered by the current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last purged entry.
+    pub purged_index: Option<u64>,
+}
+
+/// The Raft node of this process and the state it replicates.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    options: ClusterOptions,
+    reader: StateReader,
+    log_store: LogStore<TypeConfig>,
+    read_rounds: Mutex<ReadRounds>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.inner.options.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts the Raft node on `engine`, recovering whatever state the engine holds.
+    pub async fn start(engine: Arc<dyn Engine>, options: ClusterOptions) -> Result<Self> {
+        let (election_min, election_max) = options.election_timeout;
+        let config = openraft::Config {
+            cluster_name: "shoal".to_string(),
+            heartbeat_interval: millis(options.heartbeat_interval),
+            election_timeout_min: millis(election_min),
+            election_timeout_max: millis(election_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: options.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|error| ClusterError::Raft(format!("invalid raft settings: {error}")))?;
+
+        let log_store = LogStore::<TypeConfig>::open(engine.clone())?;
+        let state_machine = StateMachineStore::open(engine)
+            .await
+            .map_err(|error| ClusterError::Raft(error.to_string()))?;
+        let reader = state_machine.reader();
+        let network = Network::new(options.heartbeat_interval.max(Duration::from_millis(200)));
+        let raft = Raft::new(
+            options.node_id,
+            Arc::new(config),
+            network,
+            log_store.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|error| ClusterError::Raft(error.to_string()))?;
+        let inner = Inner {
+            raft,
+            options,
+            reader,
+            log_store,
+            read_rounds: Mutex::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Returns this node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.options.node_id
+    }
+
+    /// Returns the openraft handle, for the internal RPC endpoints.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Returns read access to the applied state.
+    pub fn reader(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    /// Returns whether this node has a Raft state (a vote or a log) already.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|error| ClusterError::Raft(error.to_string()))
+    }
+
+    /// Initializes a new cluster whose voters are `members`. Call it on exactly one node.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<()> {
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|error| ClusterError::Raft(error.to_string()))
+    }
+
+    /// Proposes `command` and returns the state machine's answer once the entry is
+    /// committed by a majority (fsynced on each) and applied here.
+    ///
+    /// On a timeout the outcome is unknown: the entry may still commit later.
+    pub async fn write(&self, command: Command) -> Result<Response> {
+        let request = Request {
+            now_ms: unix_millis(),
+            command,
+        };
+        let timeout = self.inner.options.request_timeout;
+        let outcome = tokio::time::timeout(timeout, self.inner.raft.client_write(request))
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?;
+        match outcome {
+            Ok(written) => match written.data {
+                Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
+                response => Ok(response),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(not_leader(forward))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
+                Err(ClusterError::Raft(error.to_string()))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(ClusterError::Raft(fatal.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied everything committed before the call, as
+    /// confirmed by a quorum: reads made afterwards are linearizable.
+    ///
+    /// Concurrent callers share rounds: a caller joins the next round to start, never
+    /// one already under way (whose read index may predate the caller's write).
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let start_round = {
+            let mut rounds = self.inner.read_rounds.lock().await;
+            rounds.waiting.push(done);
+            !std::mem::replace(&mut rounds.running, true)
+        };
+        if start_round {
+            tokio::spawn(run_read_rounds(self.inner.clone()));
+        }
+        wait.await
+            .unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
+    }
+
+    /// Returns this node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners = membership.learner_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            node_id: self.node_id(),
+            role,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            voters: voters.into_iter().collect(),
+            learners,
+            members,
+            last_log_index: metrics.last_log_index,
+            committed_index: self.inner.log_store.committed_index(),
+            last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+            purged_index: metrics.purged.map(|log_id| log_id.index),
+        }
+    }
+
+    /// Returns whether this node leads the cluster right now (by its own metrics).
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(self.node_id()) && metrics.state == ServerState::Leader
+    }
+
+    /// Waits up to `timeout` for this node to know a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let mut metrics = self.inner.raft.metrics();
+        let wait = async {
+            let metrics = metrics
+                .wait_for(|metrics| metrics.current_leader.is_some())
+                .await;
+            metrics.map(|metrics| metrics.current_leader.expect("waited for a leader"))
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(leader_id)) => Ok(leader_id),
+            Ok(Err(_)) => Err(ClusterError::Raft("raft stopped".to_string())),
+            Err(_) => Err(ClusterError::NoLeader),
+        }
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.inner.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+#[derive(Default)]
+struct ReadRounds {
+    running: bool,
+    waiting: Vec<oneshot::Sender<Result<()>>>,
+}
+
+async fn run_read_rounds(inner: Arc<Inner>) {
+    loop {
+        let waiters = {
+            let mut rounds = inner.read_rounds.lock().await;
+            if rounds.waiting.is_empty() {
+                rounds.running = false;
+                return;
+            }
+            std::mem::take(&mut rounds.waiting)
+        };
+        let timeout = inner.options.request_timeout;
+        let outcome = match tokio::time::timeout(timeout, inner.raft.ensure_linearizable()).await {
+            Err(_) => Err(ClusterError::Timeout(timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(not_leader(forward))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ClusterError::NoLeader)
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Raft(fatal.to_string())),
+        };
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
+    match (forward.leader_id, forward.leader_node) {
+        (Some(leader_id), Some(node)) => ClusterError::NotLeader {
+            leader_id,
+            leader_addr: node.addr,
+        },
+        _ => ClusterError::NoLeader,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Returns the wall clock in Unix milliseconds.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| millis(elapsed))
+        .unwrap_or_default()
+}

@@ -1,0 +1,36 @@
+use crate::types::{NodeId, Rejection};
+
+/// Errors of the Raft layer, as callers need to tell them apart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known right now (election in progress or quorum lost).
+    #[error("no raft leader is known right now")]
+    NoLeader,
+    /// Another node leads; the request must go there.
+    #[error("node {leader_id} leads the cluster")]
+    NotLeader {
+        leader_id: NodeId,
+        leader_addr: String,
+    },
+    /// The cluster did not answer in time (for example, quorum is lost).
+    #[error("the cluster did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The state machine refused the command; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Storage failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// Raft stopped or failed in a way that needs an operator.
+    #[error("raft failed: {0}")]
+    Raft(String),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, ClusterError>;
+
+impl From<shoal_storage::StorageError> for ClusterError {
+    fn from(error: shoal_storage::StorageError) -> Self {
+        ClusterError::Storage(error.to_string())
+    }
+}

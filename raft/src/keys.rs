@@ -1,0 +1,57 @@
+//! The key layout of the state machine's tree.
+//!
+//! Everything the state machine keeps lives in one tree so that each applied entry is
+//! one atomic batch: the change, the expiry index and `last_applied` move together.
+
+/// `s/{id}` → [`crate::SessionRecord`].
+pub const SESSION_PREFIX: &[u8] = b"s/";
+/// `x/{deadline_ms: u64 BE}{kind}{id}` → empty: the expiry index, oldest first.
+pub const EXPIRY_PREFIX: &[u8] = b"x/";
+/// `m/…` → bookkeeping of the state machine itself; not part of snapshot data.
+pub const META_PREFIX: &[u8] = b"m/";
+pub const LAST_APPLIED: &[u8] = b"m/last_applied";
+pub const MEMBERSHIP: &[u8] = b"m/membership";
+pub const NUM_SESSIONS: &[u8] = b"m/num_sessions";
+
+/// The kind byte of a session in the expiry index.
+pub const EXPIRY_KIND_SESSION: u8 = b's';
+
+/// Returns the key of session `id`.
+pub fn session(id: &str) -> Vec<u8> {
+    [SESSION_PREFIX, id.as_bytes()].concat()
+}
+
+/// Returns the expiry-index key of the entry `id` of `kind` due at `deadline_ms`.
+pub fn expiry(deadline_ms: u64, kind: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(EXPIRY_PREFIX.len() + 9 + id.len());
+    key.extend_from_slice(EXPIRY_PREFIX);
+    key.extend_from_slice(&deadline_ms.to_be_bytes());
+    key.push(kind);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Splits an expiry-index key into its deadline, kind and id.
+pub fn parse_expiry(key: &[u8]) -> Option<(u64, u8, &str)> {
+    let rest = key.strip_prefix(EXPIRY_PREFIX)?;
+    if rest.len() < 9 {
+        return None;
+    }
+    let deadline_ms = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let id = std::str::from_utf8(&rest[9..]).ok()?;
+    Some((deadline_ms, rest[8], id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_keys_sort_by_deadline_and_parse_back() {
+        let early = expiry(5, EXPIRY_KIND_SESSION, "zzz");
+        let late = expiry(256, EXPIRY_KIND_SESSION, "aaa");
+        assert!(early < late);
+        assert_eq!(parse_expiry(&late), Some((256, EXPIRY_KIND_SESSION, "aaa")));
+        assert_eq!(parse_expiry(b"x/short"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! shoal's Raft layer: the openraft type config, the replicated state machine, the
+//! HTTP Raft network and [`Cluster`], the handle through which the API writes and reads.
+
+mod cluster;
+mod error;
+mod keys;
+mod maintenance;
+mod merge_patch;
+pub mod network;
+mod state_machine;
+mod types;
+
+pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus};
+pub use error::{ClusterError, Result};
+pub use maintenance::{spawn_maintenance, Toucher};
+pub use state_machine::{StateMachineStore, StateReader};
+pub use types::{
+    Command, Entry, Node, NodeId, Raft, Rejection, Request, Response, SessionChange, SessionRecord,
+    TypeConfig,
+};

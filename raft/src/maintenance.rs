@@ -1,0 +1,82 @@
+//! Periodic proposals that keep TTLs deterministic: `Expire` from the leader, and the
+//! batched `Touch` of sessions read on this node (sliding expiry without a write per read).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::types::Command;
+use crate::{unix_millis, Cluster};
+
+/// At most this many distinct ids wait for one touch; more are dropped until the next
+/// tick (their sessions then slide a second later, at the next read).
+const MAX_PENDING_TOUCHES: usize = 100_000;
+
+/// Collects the ids of sessions read on this node until the next `Touch` proposal.
+#[derive(Debug, Clone, Default)]
+pub struct Toucher {
+    pending: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Toucher {
+    /// Records that session `id` was used, so that its deadline slides.
+    pub fn touch(&self, id: &str) {
+        let mut pending = self.pending.lock().expect("toucher lock is never poisoned");
+        if pending.len() < MAX_PENDING_TOUCHES {
+            pending.insert(id.to_string());
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        let mut pending = self.pending.lock().expect("toucher lock is never poisoned");
+        pending.drain().collect()
+    }
+}
+
+/// Starts the maintenance loop: every `interval`, the leader proposes `Expire` when
+/// something is due, and every node proposes one `Touch` for the sessions read since the
+/// last tick. Stops when `shutdown` turns true.
+pub fn spawn_maintenance(
+    cluster: Cluster,
+    toucher: Toucher,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            expire_due(&cluster).await;
+            let ids = toucher.take();
+            if !ids.is_empty() {
+                let num_ids = ids.len();
+                if let Err(error) = cluster.write(Command::Touch { ids }).await {
+                    tracing::debug!(%error, num_ids, "session touch not proposed; retried at next read");
+                }
+            }
+        }
+    })
+}
+
+async fn expire_due(cluster: &Cluster) {
+    if !cluster.is_leader() {
+        return;
+    }
+    match cluster.reader().next_deadline_ms() {
+        Ok(Some(deadline_ms)) if deadline_ms <= unix_millis() => {
+            match cluster.write(Command::Expire).await {
+                Ok(response) => tracing::debug!(?response, "expired due entries"),
+                Err(error) => tracing::warn!(%error, "expiry not proposed; retried next tick"),
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "reading the expiry index failed"),
+    }
+}
