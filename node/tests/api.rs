@@ -1,0 +1,489 @@
+//! Handler tests through `Router::oneshot` on a real single-node cluster (sled in a temp
+//! dir, real Raft), without sockets.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use shoal_node::{Config, Node};
+use tower::ServiceExt;
+
+struct TestNode {
+    router: Router,
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_node() -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default_for_tests(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.max_session_bytes = 1024;
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.election_timeout = Duration::from_millis(150);
+    config.maintenance_interval = Duration::from_millis(100);
+    let node = Node::start(config).await.unwrap();
+    TestNode {
+        router: node.router(),
+        node,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl TestNode {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn create(&self, body: &str) -> Answer {
+        self.call(Method::POST, "/api/sessions", &[], body).await
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.call(Method::GET, uri, &[], "").await
+    }
+}
+
+/// Asserts the JSON error shape and status.
+fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(answer.status, status, "body: {}", answer.body);
+    assert_eq!(answer.body["error"], code, "body: {}", answer.body);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn session_lifecycle() {
+    let node = start_node().await;
+
+    let created = node
+        .create(r#"{"data":{"user":"ana","cart":[1,2]},"ttl_secs":600}"#)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(created.body["data"], json!({"user":"ana","cart":[1,2]}));
+    assert_eq!(created.body["version"], 1);
+    assert!(created.body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let cookie = created.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.starts_with(&format!("shoal_session={id};")),
+        "{cookie}"
+    );
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=600"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert_eq!(
+        created.headers[header::LOCATION],
+        format!("/api/sessions/{id}").as_str()
+    );
+
+    let by_id = node.get(&format!("/api/sessions/{id}")).await;
+    assert_eq!(by_id.status, StatusCode::OK);
+    assert_eq!(by_id.body, created.body);
+    assert_eq!(by_id.headers[header::ETAG], "\"1\"");
+
+    let cookie_header = format!("theme=dark; shoal_session={id}");
+    let by_cookie = node
+        .call(
+            Method::GET,
+            "/api/session",
+            &[("cookie", &cookie_header)],
+            "",
+        )
+        .await;
+    assert_eq!(by_cookie.status, StatusCode::OK);
+    assert_eq!(by_cookie.body["id"], id.as_str());
+
+    let uri = format!("/api/sessions/{id}");
+    let patched = node
+        .call(
+            Method::PATCH,
+            &uri,
+            &[("if-match", "\"1\"")],
+            r#"{"cart":null,"theme":"dark"}"#,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["data"], json!({"user":"ana","theme":"dark"}));
+    assert_eq!(patched.body["version"], 2);
+
+    let stale = node
+        .call(Method::PATCH, &uri, &[("if-match", "\"1\"")], r#"{"x":1}"#)
+        .await;
+    assert_error(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+
+    let replaced = node
+        .call(Method::PUT, &uri, &[], r#"{"data":{"only":"this"}}"#)
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.body);
+    assert_eq!(replaced.body["data"], json!({"only":"this"}));
+    assert_eq!(replaced.body["version"], 3);
+
+    let stale_delete = node
+        .call(Method::DELETE, &uri, &[("if-match", "2")], "")
+        .await;
+    assert_error(
+        &stale_delete,
+        StatusCode::PRECONDITION_FAILED,
+        "version_mismatch",
+    );
+    let deleted = node
+        .call(Method::DELETE, &uri, &[("cookie", &cookie_header)], "")
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(deleted.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_error(
+        &node.get(&uri).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    let again = node.call(Method::DELETE, &uri, &[], "").await;
+    assert_error(&again, StatusCode::NOT_FOUND, "session_not_found");
+
+    let empty = node.create("").await;
+    assert_eq!(empty.status, StatusCode::CREATED);
+    assert_eq!(empty.body["data"], json!({}));
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let node = start_node().await;
+    let created = node.create(r#"{"data":{"keep":"me"}}"#).await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let uri = format!("/api/sessions/{id}");
+    let big = "x".repeat(2000);
+
+    let cases: Vec<(Method, String, Vec<(&str, &str)>, String, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            r#"{"data":5}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            r#"{"ttl_secs":"soon"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            r#"{"ttl_secs":0}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            r#"{"ttl":5}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            format!(r#"{{"data":{{"x":"{big}"}}}}"#),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Method::POST,
+            "/api/sessions".into(),
+            vec![],
+            format!(r#"{{"data":{{"x":"{}"}}}}"#, "y".repeat(40_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Method::PATCH,
+            uri.clone(),
+            vec![],
+            "[1,2]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::PATCH,
+            uri.clone(),
+            vec![],
+            "{\"a\":".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            Method::PATCH,
+            uri.clone(),
+            vec![],
+            format!(r#"{{"x":"{big}"}}"#),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Method::PATCH,
+            uri.clone(),
+            vec![("if-match", "\"v2\"")],
+            r#"{"a":1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_if_match",
+        ),
+        (
+            Method::PATCH,
+            uri.clone(),
+            vec![("if-match", "\"7\"")],
+            r#"{"a":1}"#.into(),
+            StatusCode::PRECONDITION_FAILED,
+            "version_mismatch",
+        ),
+        (
+            Method::PUT,
+            uri.clone(),
+            vec![],
+            r#"{"data":"text"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::PUT,
+            uri.clone(),
+            vec![],
+            r#"{}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            Method::PUT,
+            uri.clone(),
+            vec![],
+            format!(r#"{{"data":{{"x":"{big}"}}}}"#),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Method::DELETE,
+            uri.clone(),
+            vec![("if-match", "nope")],
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "invalid_if_match",
+        ),
+        (
+            Method::GET,
+            "/api/sessions/00000000000000000000000000000000".into(),
+            vec![],
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+        ),
+        (
+            Method::GET,
+            "/api/sessions/not-an-id".into(),
+            vec![],
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+        ),
+        (
+            Method::PATCH,
+            "/api/sessions/00000000000000000000000000000000".into(),
+            vec![],
+            r#"{"a":1}"#.into(),
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+        ),
+        (
+            Method::GET,
+            "/api/session".into(),
+            vec![],
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "no_session",
+        ),
+        (
+            Method::GET,
+            "/api/nothing-here".into(),
+            vec![],
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/api/health".into(),
+            vec![],
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, uri, headers, body, status, code) in cases {
+        let answer = node.call(method.clone(), &uri, &headers, &body).await;
+        assert_eq!(
+            answer.status,
+            status,
+            "{method} {uri} {}: {}",
+            &body[..body.len().min(60)],
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"], code,
+            "{method} {uri}: {}",
+            answer.body
+        );
+        assert!(answer.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+
+    let unchanged = node.get(&uri).await;
+    assert_eq!(
+        unchanged.body["version"], 1,
+        "a refused request changed the session"
+    );
+    assert_eq!(unchanged.body["data"], json!({"keep":"me"}));
+    let metrics = node.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.lines().any(|line| line == "shoal_sessions_live 1"),
+        "no refused create was stored:\n{text}"
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let node = start_node().await;
+    let health = node.get("/api/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    let body = &health.body;
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["mode"], "cluster");
+    assert_eq!(body["storage"], "cluster");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let node_id = body["node_id"].as_u64().unwrap();
+    assert_eq!(body["instance_id"], format!("shoal-{node_id}"));
+    assert_eq!(body["cluster"]["leader_id"], node_id);
+    assert_eq!(body["cluster"]["voters"], json!([node_id]));
+    assert_eq!(body["cluster"]["learners"], json!([]));
+    assert!(body["cluster"]["term"].as_u64().unwrap() >= 1);
+    assert!(body["cluster"]["last_applied"].as_u64().unwrap() >= 1);
+    assert_eq!(body["cluster"]["members"][0]["alive"], true);
+
+    assert_eq!(node.get("/api/health/ready").await.status, StatusCode::OK);
+
+    node.create("{}").await;
+    let metrics = node.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.body.as_str().unwrap();
+    for name in [
+        "shoal_http_requests_total{",
+        "shoal_http_request_duration_seconds_bucket{",
+        "shoal_raft_term ",
+        "shoal_raft_commit_index ",
+        "shoal_raft_applied_index ",
+        "shoal_sessions_live ",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(text.contains(r#"route="/api/sessions""#), "{text}");
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_slide_the_expiry_and_unused_sessions_expire() {
+    let node = start_node().await;
+    let created = node.create(r#"{"ttl_secs":1}"#).await;
+    let uri = format!("/api/sessions/{}", created.body["id"].as_str().unwrap());
+    let first_deadline = created.body["expires_at"].as_str().unwrap().to_string();
+
+    // Used more often than its TTL, the session outlives it: each read queues a touch.
+    let started = std::time::Instant::now();
+    let mut last = node.get(&uri).await;
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(
+            last.status,
+            StatusCode::OK,
+            "a session in use expired: {}",
+            last.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = node.get(&uri).await;
+    }
+    assert!(last.body["expires_at"].as_str().unwrap() > first_deadline.as_str());
+
+    // Polled less often than its TTL, it expires between two polls.
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let answer = node.get(&uri).await;
+        if answer.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "session did not expire: {}",
+            answer.body
+        );
+    }
+    node.node.shutdown().await.unwrap();
+}

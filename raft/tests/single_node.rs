@@ -1,0 +1,218 @@
+//! A one-member cluster on a real sled engine: writes, expiry, snapshots, log purge,
+//! and recovery after a restart on the same data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_raft::{
+    unix_millis, Cluster, ClusterError, ClusterOptions, Command, Node, Rejection, Response,
+    SessionChange,
+};
+use shoal_storage::{Engine, SledEngine};
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        node_id: 1,
+        advertise_addr: "127.0.0.1:1".to_string(),
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+        snapshot_after_logs: 50,
+        logs_kept_after_snapshot: 10,
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn start(path: &Path) -> (Cluster, Arc<dyn Engine>) {
+    // A previous cluster on the same path releases sled's file lock once its background
+    // tasks have seen the shutdown; wait for that rather than fail.
+    let started = Instant::now();
+    let engine: Arc<dyn Engine> = loop {
+        match SledEngine::open(path) {
+            Ok(engine) => break Arc::new(engine),
+            Err(error) if started.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(%error, "database still locked");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("cannot reopen the database: {error}"),
+        }
+    };
+    let cluster = Cluster::start(engine.clone(), options()).await.unwrap();
+    if !cluster.is_initialized().await.unwrap() {
+        let members = BTreeMap::from([(
+            1,
+            Node {
+                addr: "127.0.0.1:1".to_string(),
+            },
+        )]);
+        cluster.initialize(members).await.unwrap();
+    }
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    (cluster, engine)
+}
+
+fn create(id: &str, ttl_ms: u64) -> Command {
+    Command::CreateSession {
+        id: id.to_string(),
+        data: r#"{"n":0}"#.to_string(),
+        ttl_ms,
+    }
+}
+
+async fn wait_until(what: &str, deadline: Duration, mut predicate: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !predicate() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_purge_the_log_and_state_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, engine) = start(dir.path()).await;
+    for n in 0..200 {
+        cluster
+            .write(create(&format!("s{n:03}"), 3_600_000))
+            .await
+            .unwrap();
+    }
+    let patch = SessionChange::MergePatch(r#"{"n":7,"extra":true}"#.to_string());
+    let update = Command::UpdateSession {
+        id: "s007".into(),
+        change: patch,
+        if_version: Some(1),
+        max_data_bytes: 1024,
+    };
+    let Response::Session { record, .. } = cluster.write(update).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (record.version, record.data.as_str()),
+        (2, r#"{"extra":true,"n":7}"#)
+    );
+
+    wait_until(
+        "a snapshot is built and the log purged",
+        Duration::from_secs(10),
+        || {
+            let status = cluster.status();
+            status.snapshot_index.is_some() && status.purged_index.is_some()
+        },
+    )
+    .await;
+    let before = cluster.status();
+    assert!(before.purged_index.unwrap() >= 50, "{before:?}");
+    cluster.shutdown().await;
+    drop(cluster);
+    engine.flush().unwrap();
+    drop(engine);
+
+    let (cluster, _engine) = start(dir.path()).await;
+    let reader = cluster.reader();
+    assert_eq!(reader.num_sessions(), 200);
+    let record = reader
+        .session("s007", unix_millis())
+        .unwrap()
+        .expect("s007 survives restart");
+    assert_eq!(record.version, 2);
+    assert!(reader.session("s199", unix_millis()).unwrap().is_some());
+    assert!(cluster.status().last_applied_index >= before.last_applied_index);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_change_nothing_and_expiry_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _engine) = start(dir.path()).await;
+    cluster.write(create("a", 3_600_000)).await.unwrap();
+    let stale = Command::DeleteSession {
+        id: "a".into(),
+        if_version: Some(9),
+    };
+    let error = cluster.write(stale).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClusterError::Rejected(Rejection::VersionMismatch { current: 1 })
+        ),
+        "{error}"
+    );
+    let too_big = Command::UpdateSession {
+        id: "a".into(),
+        change: SessionChange::Replace(format!(r#"{{"x":"{}"}}"#, "y".repeat(100))),
+        if_version: None,
+        max_data_bytes: 64,
+    };
+    assert!(matches!(
+        cluster.write(too_big).await.unwrap_err(),
+        ClusterError::Rejected(Rejection::TooLarge { .. })
+    ));
+    let duplicate = cluster.write(create("a", 1)).await.unwrap_err();
+    assert!(matches!(
+        duplicate,
+        ClusterError::Rejected(Rejection::AlreadyExists)
+    ));
+    let record = cluster
+        .reader()
+        .session("a", unix_millis())
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.version, record.data.as_str()), (1, r#"{"n":0}"#));
+
+    cluster.write(create("short", 200)).await.unwrap();
+    assert_eq!(cluster.reader().num_sessions(), 2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Hidden from reads at once, by the local clock…
+    assert!(cluster
+        .reader()
+        .session("short", unix_millis())
+        .unwrap()
+        .is_none());
+    // …and removed from the state by a replicated Expire carrying the leader's clock.
+    let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(expired, 1);
+    assert_eq!(cluster.reader().num_sessions(), 1);
+    assert_eq!(
+        cluster.reader().next_deadline_ms().unwrap(),
+        Some(record.expires_at_ms)
+    );
+
+    let touch = Command::Touch {
+        ids: vec!["a".into(), "a".into(), "missing".into()],
+    };
+    let Response::Count(touched) = cluster.write(touch).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(touched, 1);
+    let touched_record = cluster
+        .reader()
+        .session("a", unix_millis())
+        .unwrap()
+        .unwrap();
+    assert!(touched_record.expires_at_ms > record.expires_at_ms);
+    assert_eq!(touched_record.version, 1, "a touch is not a change of data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_barriers_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _engine) = start(dir.path()).await;
+    let barriers: Vec<_> = (0..200)
+        .map(|_| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.read_barrier().await })
+        })
+        .collect();
+    for barrier in barriers {
+        barrier.await.unwrap().unwrap();
+    }
+}
