@@ -190,6 +190,16 @@ async fn session_lifecycle() {
     node.node.shutdown().await.unwrap();
 }
 
+/// Method, URI, headers, body, and the status and error code it must get.
+type BadRequest = (
+    Method,
+    String,
+    Vec<(&'static str, &'static str)>,
+    String,
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let node = start_node().await;
@@ -198,7 +208,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let uri = format!("/api/sessions/{id}");
     let big = "x".repeat(2000);
 
-    let cases: Vec<(Method, String, Vec<(&str, &str)>, String, StatusCode, &str)> = vec![
+    let cases: Vec<BadRequest> = vec![
         (
             Method::POST,
             "/api/sessions".into(),

@@ -323,6 +323,6 @@ fn millis(duration: Duration) -> u64 {
 pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| millis(elapsed))
+        .map(millis)
         .unwrap_or_default()
 }

@@ -21,7 +21,9 @@ pub fn shoal_binary() -> &'static Path {
         if let Some(path) = std::env::var_os("SHOAL_BIN") {
             return PathBuf::from(path);
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
@@ -44,19 +46,22 @@ pub fn free_port() -> u16 {
 
 /// Polls `predicate` every 50 ms until it returns `Ok(true)` or `deadline` passes; the
 /// failure names `what` and the last thing the predicate said.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut predicate: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut predicate: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
     let started = Instant::now();
-    let mut last = String::from("nothing yet");
     loop {
-        match predicate().await {
+        let last = match predicate().await {
             Ok(true) => return Ok(()),
-            Ok(false) => last = "predicate false".to_string(),
-            Err(error) => last = format!("{error:#}"),
-        }
+            Ok(false) => "predicate false".to_string(),
+            Err(error) => format!("{error:#}"),
+        };
         if started.elapsed() > deadline {
             bail!("timed out after {deadline:?} waiting until {what}; last: {last}");
         }
@@ -65,8 +70,14 @@ where
 }
 
 /// Fast Raft timings so that tests do not wait on production defaults.
-pub const FAST_RAFT_ARGS: &[&str] =
-    &["--heartbeat-interval-ms", "50", "--election-timeout-ms", "200", "--maintenance-interval-ms", "200"];
+pub const FAST_RAFT_ARGS: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "50",
+    "--election-timeout-ms",
+    "200",
+    "--maintenance-interval-ms",
+    "200",
+];
 
 /// One `shoal` process.
 #[derive(Debug)]
@@ -96,7 +107,10 @@ impl TestNode {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let log = File::options().create(true).append(true).open(&self.log_path)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = Command::new(shoal_binary())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -128,7 +142,11 @@ impl TestNode {
             async move { Ok(request.await?.status() == 200) }
         })
         .await;
-        if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+        {
             bail!("shoal exited with {status}; log:\n{}", self.log());
         }
         result.with_context(|| format!("log:\n{}", self.log()))
