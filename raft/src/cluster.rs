@@ -100,10 +100,11 @@ impl Cluster {
         .validate()
         .map_err(|error| ClusterError::Raft(format!("invalid raft settings: {error}")))?;
 
-        let log_store = LogStore::<TypeConfig>::open(engine.clone())?;
-        let state_machine = StateMachineStore::open(engine)
+        let state_machine = StateMachineStore::open(engine.clone())
             .await
             .map_err(|error| ClusterError::Raft(error.to_string()))?;
+        let log_store =
+            LogStore::<TypeConfig>::open(engine)?.with_purge_guard(state_machine.applied_index());
         let reader = state_machine.reader();
         let network = Network::new(options.heartbeat_interval.max(Duration::from_millis(200)));
         let raft = Raft::new(

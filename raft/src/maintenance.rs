@@ -30,6 +30,13 @@ impl Toucher {
         }
     }
 
+    /// Puts back ids whose touch could not be proposed, within the bound.
+    fn restore(&self, ids: Vec<String>) {
+        let mut pending = self.pending.lock().expect("toucher lock is never poisoned");
+        let room = MAX_PENDING_TOUCHES.saturating_sub(pending.len());
+        pending.extend(ids.into_iter().take(room));
+    }
+
     fn take(&self) -> Vec<String> {
         let mut pending = self.pending.lock().expect("toucher lock is never poisoned");
         pending.drain().collect()
@@ -56,9 +63,10 @@ pub fn spawn_maintenance(
             expire_due(&cluster).await;
             let ids = toucher.take();
             if !ids.is_empty() {
-                let num_ids = ids.len();
-                if let Err(error) = cluster.write(Command::Touch { ids }).await {
-                    tracing::debug!(%error, num_ids, "session touch not proposed; retried at next read");
+                let command = Command::Touch { ids: ids.clone() };
+                if let Err(error) = cluster.write(command).await {
+                    tracing::debug!(%error, num_ids = ids.len(), "session touch not proposed; retried next tick");
+                    toucher.restore(ids);
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
+use tokio::sync::watch;
 
 use crate::types::{
     Command, Entry, Node, NodeId, Request, Response, SessionChange, SessionRecord, TypeConfig,
@@ -48,11 +49,15 @@ struct StoredSnapshot {
 pub struct StateReader {
     state: Arc<dyn Tree>,
     num_sessions: Arc<AtomicU64>,
+    /// Held for writing while a snapshot replaces the state, so reads never see it half
+    /// replaced.
+    gate: Arc<RwLock<()>>,
 }
 
 impl StateReader {
     /// Returns session `id` unless it is missing or expired at `now_ms`.
     pub fn session(&self, id: &str, now_ms: u64) -> shoal_storage::Result<Option<SessionRecord>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         Ok(read_session(&*self.state, id)?.filter(|record| !record.is_expired(now_ms)))
     }
 
@@ -63,6 +68,7 @@ impl StateReader {
 
     /// Returns the earliest deadline in the expiry index.
     pub fn next_deadline_ms(&self) -> shoal_storage::Result<Option<u64>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         match self.state.scan_prefix(keys::EXPIRY_PREFIX).next() {
             Some(pair) => Ok(keys::parse_expiry(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms)),
             None => Ok(None),
@@ -86,6 +92,11 @@ pub struct StateMachineStore {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     num_sessions: Arc<AtomicU64>,
+    gate: Arc<RwLock<()>>,
+    /// The applied index plus one (0: nothing applied), for the log store's purge guard.
+    applied: watch::Sender<u64>,
+    /// Orders the writes of the current snapshot by snapshot builds and installs.
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -104,6 +115,9 @@ impl StateMachineStore {
             last_applied: None,
             membership: Membership::default(),
             num_sessions: Arc::new(AtomicU64::new(0)),
+            gate: Arc::default(),
+            applied: watch::Sender::new(0),
+            snapshot_lock: Arc::default(),
         };
         let interrupted_install = store
             .snapshots
@@ -131,7 +145,19 @@ impl StateMachineStore {
         StateReader {
             state: self.state.clone(),
             num_sessions: self.num_sessions.clone(),
+            gate: self.gate.clone(),
         }
+    }
+
+    /// Returns the applied index plus one (0: nothing applied), updated on every apply.
+    pub fn applied_index(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
+        self.last_applied = last_applied;
+        self.applied
+            .send_replace(last_applied.map_or(0, |log_id| log_id.index + 1));
     }
 
     fn load_meta(&mut self) -> Result<(), StorageError> {
@@ -145,11 +171,12 @@ impl StateMachineStore {
                 .map(|bytes| codec::decode(&bytes, what))
                 .transpose()
         }
-        let state = &*self.state;
+        let state_tree = self.state.clone();
+        let state = &*state_tree;
         let read_error = |e: shoal_storage::StorageError| StorageIOError::read_state_machine(&e);
         let last_applied: Option<Option<LogId<NodeId>>> =
             read(state, keys::LAST_APPLIED, "last applied").map_err(read_error)?;
-        self.last_applied = last_applied.flatten();
+        self.set_last_applied(last_applied.flatten());
         self.membership = read(state, keys::MEMBERSHIP, "membership")
             .map_err(read_error)?
             .unwrap_or_default();
@@ -188,6 +215,8 @@ impl StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         let write_err =
             |e: shoal_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
+        let gate = self.gate.clone();
+        let _replacing = gate.write().unwrap_or_else(PoisonError::into_inner);
         self.state.clear().map_err(write_err)?;
         let mut batch = WriteBatch::new();
         let mut num_sessions = 0_u64;
@@ -204,6 +233,7 @@ impl StateMachineStore {
         );
         batch.put(keys::NUM_SESSIONS, codec::encode(&num_sessions));
         self.state.apply(batch).map_err(write_err)?;
+        drop(_replacing);
         self.snapshots
             .apply({
                 let mut done = WriteBatch::new();
@@ -212,7 +242,7 @@ impl StateMachineStore {
             })
             .map_err(write_err)?;
         self.flush().await?;
-        self.last_applied = stored.meta.last_log_id;
+        self.set_last_applied(stored.meta.last_log_id);
         self.membership = stored.meta.last_membership.clone();
         self.num_sessions.store(num_sessions, Ordering::Relaxed);
         Ok(())
@@ -248,7 +278,7 @@ impl StateMachineStore {
         self.state
             .apply(change.batch)
             .map_err(|e| StorageIOError::apply(log_id, &e))?;
-        self.last_applied = Some(log_id);
+        self.set_last_applied(Some(log_id));
         if let Some(count) = num_sessions {
             self.num_sessions.store(count, Ordering::Relaxed);
         }
@@ -261,7 +291,8 @@ impl StateMachineStore {
         change: &mut Change,
     ) -> shoal_storage::Result<Response> {
         let now_ms = request.now_ms;
-        let state = &*self.state;
+        let state_tree = self.state.clone();
+        let state = &*state_tree;
         Ok(match request.command {
             Command::CreateSession { id, data, ttl_ms } => {
                 let existing = read_session(state, &id)?;
@@ -321,8 +352,12 @@ impl StateMachineStore {
                     keys::EXPIRY_KIND_SESSION,
                     &id,
                 ));
-                record.data = data;
-                record.version += 1;
+                // A change that leaves the data as it was keeps the version (so that
+                // `If-Match` holders are not invalidated) but still counts as a use.
+                if data != record.data {
+                    record.data = data;
+                    record.version += 1;
+                }
                 record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
                 change.put_session(&id, &record);
                 Response::Session { id, record }
@@ -432,6 +467,7 @@ impl Change {
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
     snapshots: Arc<dyn Tree>,
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     pairs: Vec<KeyValue>,
@@ -454,9 +490,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             data,
         };
         let signature = Some(meta.signature());
-        self.snapshots
-            .insert(CURRENT_SNAPSHOT_KEY, &codec::encode(&stored))
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        {
+            // A build runs beside the state machine task, so an install of a newer
+            // snapshot may have finished meanwhile: never replace it with an older one.
+            let _writing = self.snapshot_lock.lock().await;
+            let current = self
+                .snapshots
+                .get(CURRENT_SNAPSHOT_KEY)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+                .map(|bytes| codec::decode::<StoredSnapshot>(&bytes, "snapshot"))
+                .transpose()
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            if current.is_none_or(|current| current.meta.last_log_id < meta.last_log_id) {
+                self.snapshots
+                    .insert(CURRENT_SNAPSHOT_KEY, &codec::encode(&stored))
+                    .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+            }
+        }
         // openraft purges the log behind this snapshot next: make it and the state it
         // covers durable first.
         let engine = self.engine.clone();
@@ -518,6 +568,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder {
             engine: self.engine.clone(),
             snapshots: self.snapshots.clone(),
+            snapshot_lock: self.snapshot_lock.clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             pairs,
@@ -543,6 +594,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut begin = WriteBatch::new();
         begin.put(CURRENT_SNAPSHOT_KEY, codec::encode(&stored));
         begin.put(INSTALLING_KEY, Vec::new());
+        let snapshot_lock = self.snapshot_lock.clone();
+        let _writing = snapshot_lock.lock().await;
         self.snapshots
             .apply(begin)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;

@@ -200,6 +200,17 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
         .unwrap();
     assert!(touched_record.expires_at_ms > record.expires_at_ms);
     assert_eq!(touched_record.version, 1, "a touch is not a change of data");
+
+    let same = Command::UpdateSession {
+        id: "a".into(),
+        change: SessionChange::MergePatch("{}".into()),
+        if_version: Some(1),
+        max_data_bytes: 64,
+    };
+    let Response::Session { record, .. } = cluster.write(same).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(record.version, 1, "an empty merge patch is not a change");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,17 @@
-//! openraft's [`RaftLogStorage`] on an [`Engine`], with group commit.
+//! openraft's [`RaftLogStorage`] on an [`Engine`].
 //!
-//! Contract: the vote is fsynced before `save_vote` returns, and an appended entry is
-//! fsynced before openraft's [`LogFlushed`] callback fires. Appends return as soon as
-//! the entries are written; one flusher task fsyncs for every append queued while the
-//! previous fsync ran, so concurrent writes share one disk flush.
+//! Contract: the vote is fsynced before `save_vote` returns, and appended entries are
+//! fsynced before openraft's [`LogFlushed`] callback fires. (openraft 0.9 waits for that
+//! callback before its next append, so writes are batched by openraft, which appends
+//! every client write queued during one fsync as one call.)
+//!
+//! Purging never runs ahead of the state machine: with a purge guard set, `purge(upto)`
+//! first waits until the state machine has applied `upto`, so that a crash can never
+//! leave a state machine behind the start of the log.
 
 use std::fmt::Debug;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogId, RaftTypeConfig, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 use crate::{codec, Engine, Tree, WriteBatch};
 
@@ -24,6 +29,8 @@ const META_TREE: &str = "raft_meta";
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// How long `purge` waits for the state machine before leaving the entries in place.
+const PURGE_GUARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type RaftStorageError<C> = openraft::StorageError<<C as RaftTypeConfig>::NodeId>;
 
@@ -32,9 +39,11 @@ pub struct LogStore<C: RaftTypeConfig> {
     engine: Arc<dyn Engine>,
     log: Arc<dyn Tree>,
     meta: Arc<dyn Tree>,
-    flush_requests: mpsc::UnboundedSender<LogFlushed<C>>,
+    /// The state machine's applied index plus one; `purge` waits on it.
+    purge_guard: Option<watch::Receiver<u64>>,
     /// The committed index plus one, 0 while nothing is committed; for metrics.
     committed: Arc<AtomicU64>,
+    _config: PhantomData<C>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -43,8 +52,9 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             engine: self.engine.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
-            flush_requests: self.flush_requests.clone(),
+            purge_guard: self.purge_guard.clone(),
             committed: self.committed.clone(),
+            _config: PhantomData,
         }
     }
 }
@@ -62,19 +72,27 @@ where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
 {
-    /// Opens the log store on `engine` and starts its flusher task on the current runtime.
+    /// Opens the log store on `engine`.
     pub fn open(engine: Arc<dyn Engine>) -> crate::Result<Self> {
         let log = engine.open_tree(LOG_TREE)?;
         let meta = engine.open_tree(META_TREE)?;
-        let (flush_requests, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher::<C>(engine.clone(), pending));
         Ok(Self {
             engine,
             log,
             meta,
-            flush_requests,
+            purge_guard: None,
             committed: Arc::default(),
+            _config: PhantomData,
         })
+    }
+
+    /// Makes `purge(upto)` wait until `applied` (the state machine's applied index plus
+    /// one, in the same engine) exceeds `upto`. Both live in one engine whose writes
+    /// become durable in order, so the purge can never be durable before the state it
+    /// discards the log of.
+    pub fn with_purge_guard(mut self, applied: watch::Receiver<u64>) -> Self {
+        self.purge_guard = Some(applied);
+        self
     }
 
     /// Returns the last index openraft reported committed to this store.
@@ -98,33 +116,6 @@ where
         tokio::task::spawn_blocking(move || engine.flush())
             .await
             .map_err(|join_error| io::Error::other(join_error.to_string()))?
-    }
-}
-
-/// Fsyncs on behalf of every append queued since the last fsync, then reports them
-/// persisted in the order they were appended.
-async fn run_flusher<C: RaftTypeConfig>(
-    engine: Arc<dyn Engine>,
-    mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>,
-) {
-    let mut callbacks = Vec::new();
-    while let Some(first) = pending.recv().await {
-        callbacks.push(first);
-        while let Ok(next) = pending.try_recv() {
-            callbacks.push(next);
-        }
-        let engine = engine.clone();
-        let outcome = match tokio::task::spawn_blocking(move || engine.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(join_error) => Err(join_error.to_string()),
-        };
-        if let Err(reason) = &outcome {
-            tracing::error!(%reason, "raft log fsync failed");
-        }
-        for callback in callbacks.drain(..) {
-            callback.log_io_completed(outcome.clone().map_err(io::Error::other));
-        }
     }
 }
 
@@ -182,14 +173,16 @@ where
             .read_meta(LAST_PURGED_KEY, "last purged log id")
             .map_err(|e| StorageIOError::read_logs(&e))?;
         let last_entry = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last_entry {
+        let last_entry_id = match last_entry {
             Some((_, bytes)) => {
                 let entry: C::Entry = codec::decode(&bytes, "raft log entry")
                     .map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(entry.get_log_id().clone())
             }
-            None => last_purged_log_id.clone(),
+            None => None,
         };
+        // Entries left below the purge point by an interrupted purge do not count.
+        let last_log_id = std::cmp::max(last_entry_id, last_purged_log_id.clone());
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -255,11 +248,11 @@ where
         self.log
             .apply(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // The flusher fsyncs and then fires the callback; if it is gone, the runtime is
-        // shutting down and nothing may be reported persisted.
-        if let Err(mpsc::error::SendError(callback)) = self.flush_requests.send(callback) {
-            callback.log_io_completed(Err(io::Error::other("raft log flusher stopped")));
+        let flushed = self.flush().await;
+        if let Err(error) = &flushed {
+            tracing::error!(%error, "raft log fsync failed");
         }
+        callback.log_io_completed(flushed.map_err(|error| io::Error::other(error.to_string())));
         Ok(())
     }
 
@@ -277,6 +270,22 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), RaftStorageError<C>> {
+        if let Some(applied) = &mut self.purge_guard {
+            // A follower installing a snapshot is told to purge before the state machine
+            // has finished the install; the install runs in another task and needs
+            // nothing from the caller, so waiting here cannot deadlock.
+            let waited = tokio::time::timeout(
+                PURGE_GUARD_TIMEOUT,
+                applied.wait_for(|applied| *applied > log_id.index),
+            )
+            .await;
+            if !matches!(waited, Ok(Ok(_))) {
+                // Keeping entries openraft considers purged is harmless: it never reads
+                // them, and the next purge removes them.
+                tracing::warn!(%log_id, "state machine has not applied the purge point; purge skipped");
+                return Ok(());
+            }
+        }
         // Record the purge point first: if a crash interrupts the deletes, the leftover
         // entries sit below it and are never read.
         self.meta
@@ -292,5 +301,57 @@ where
             .apply(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::SledEngine;
+
+    openraft::declare_raft_types!(TestConfig);
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_the_state_machine_to_apply_the_purge_point() {
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::temporary().unwrap());
+        let (applied, guard) = watch::channel(0_u64);
+        let mut store = LogStore::<TestConfig>::open(engine.clone())
+            .unwrap()
+            .with_purge_guard(guard);
+        let log = engine.open_tree(LOG_TREE).unwrap();
+        for index in 1..=10 {
+            let entry = openraft::Entry::<TestConfig> {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            log.insert(&index_key(index), &codec::encode(&entry))
+                .unwrap();
+        }
+
+        let mut purging = store.clone();
+        let purge = tokio::spawn(async move { purging.purge(log_id(5)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !purge.is_finished(),
+            "purged before the state machine applied index 5"
+        );
+        assert_eq!(store.try_get_log_entries(1..=10).await.unwrap().len(), 10);
+
+        applied.send_replace(6); // index 5 applied
+        purge.await.unwrap().unwrap();
+        let left = store.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(left.first().map(|entry| entry.log_id.index), Some(6));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(5)));
+        assert_eq!(state.last_log_id, Some(log_id(10)));
     }
 }
