@@ -63,22 +63,32 @@ pub struct ServeArgs {
     pub instance_id: Option<String>,
 
     /// Seconds a session lives without being used, unless created with ttl_secs
-    #[arg(
-        long,
-        env = "SHOAL_SESSION_TTL",
-        default_value_t = 86_400,
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "SHOAL_SESSION_TTL", default_value_t = 86_400, value_name = "SECS")]
     pub session_ttl: u64,
 
     /// Largest session `data`, in bytes of JSON; larger gets 413
-    #[arg(
-        long,
-        env = "SHOAL_MAX_SESSION_BYTES",
-        default_value_t = 65_536,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "SHOAL_MAX_SESSION_BYTES", default_value_t = 65_536, value_name = "BYTES")]
     pub max_session_bytes: u64,
+
+    /// Worker tasks shared by every search's parts
+    #[arg(long, env = "SHOAL_WORKERS", default_value_t = 10)]
+    pub workers: usize,
+
+    /// Search parts that may wait for a worker; beyond it a search gets 503
+    #[arg(long, env = "SHOAL_QUEUE_CAPACITY", default_value_t = 1000)]
+    pub queue_capacity: usize,
+
+    /// Seconds a search or tracker is kept after its last change
+    #[arg(long, env = "SHOAL_PROGRESS_TTL", default_value_t = 300, value_name = "SECS")]
+    pub progress_ttl: u64,
+
+    /// Delay per page of the `sample` source, so progress is visible
+    #[arg(long, env = "SHOAL_SAMPLE_PAGE_DELAY_MS", default_value_t = 250, value_name = "MS")]
+    pub sample_page_delay_ms: u64,
+
+    /// How often an idle SSE stream sends a keep-alive comment
+    #[arg(long, env = "SHOAL_SSE_KEEP_ALIVE_MS", default_value_t = 15_000, value_name = "MS")]
+    pub sse_keep_alive_ms: u64,
 
     /// Log format
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -89,48 +99,23 @@ pub struct ServeArgs {
     pub log: String,
 
     /// Raft heartbeat interval
-    #[arg(
-        long,
-        env = "SHOAL_HEARTBEAT_INTERVAL_MS",
-        default_value_t = 100,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL_MS", default_value_t = 100, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 
     /// Shortest Raft election timeout; the longest is twice this
-    #[arg(
-        long,
-        env = "SHOAL_ELECTION_TIMEOUT_MS",
-        default_value_t = 500,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS", default_value_t = 500, value_name = "MS")]
     pub election_timeout_ms: u64,
 
     /// Build a Raft snapshot (and purge the log behind it) every this many entries
-    #[arg(
-        long,
-        env = "SHOAL_SNAPSHOT_LOGS",
-        default_value_t = 10_000,
-        value_name = "ENTRIES"
-    )]
+    #[arg(long, env = "SHOAL_SNAPSHOT_LOGS", default_value_t = 10_000, value_name = "ENTRIES")]
     pub snapshot_logs: u64,
 
     /// How long a write or linearizable read may wait for the cluster before 503
-    #[arg(
-        long,
-        env = "SHOAL_REQUEST_TIMEOUT_MS",
-        default_value_t = 5_000,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_name = "MS")]
     pub request_timeout_ms: u64,
 
     /// How often expired entries are removed and session touches are proposed
-    #[arg(
-        long,
-        env = "SHOAL_MAINTENANCE_INTERVAL_MS",
-        default_value_t = 1_000,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "SHOAL_MAINTENANCE_INTERVAL_MS", default_value_t = 1_000, value_name = "MS")]
     pub maintenance_interval_ms: u64,
 }
 
@@ -147,6 +132,11 @@ pub struct Config {
     pub instance_id: Option<String>,
     pub session_ttl: Duration,
     pub max_session_bytes: u64,
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub progress_ttl: Duration,
+    pub sample_page_delay: Duration,
+    pub sse_keep_alive: Duration,
     pub log_format: LogFormat,
     pub log: String,
     pub heartbeat_interval: Duration,
@@ -165,10 +155,7 @@ pub struct ConfigError {
 }
 
 fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        flag,
-        problem: problem.into(),
-    }
+    ConfigError { flag, problem: problem.into() }
 }
 
 impl ServeArgs {
@@ -183,10 +170,7 @@ impl ServeArgs {
         if self.session_ttl == 0 || self.session_ttl > MAX_SESSION_TTL_SECS {
             return Err(invalid(
                 "session-ttl",
-                format!(
-                    "{} s is out of range; use 1 to {MAX_SESSION_TTL_SECS}",
-                    self.session_ttl
-                ),
+                format!("{} s is out of range; use 1 to {MAX_SESSION_TTL_SECS}", self.session_ttl),
             ));
         }
         if self.max_session_bytes < 2 {
@@ -194,6 +178,18 @@ impl ServeArgs {
                 "max-session-bytes",
                 "must be at least 2, the size of an empty object `{}`",
             ));
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(invalid(
+                "workers",
+                format!("{} is out of range; use 1 to 1024", self.workers),
+            ));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 1_000_000 {
+            return Err(invalid("queue-capacity", "use 1 to 1000000"));
+        }
+        if self.progress_ttl == 0 {
+            return Err(invalid("progress-ttl", "must be positive"));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(invalid("heartbeat-interval-ms", "must be positive"));
@@ -211,21 +207,11 @@ impl ServeArgs {
             return Err(invalid("snapshot-logs", "must be positive"));
         }
         if self.request_timeout_ms == 0 || self.maintenance_interval_ms == 0 {
-            return Err(invalid(
-                "request-timeout-ms/maintenance-interval-ms",
-                "must be positive",
-            ));
+            return Err(invalid("request-timeout-ms/maintenance-interval-ms", "must be positive"));
         }
         if let Some(addr) = &self.advertise_addr {
-            if addr
-                .rsplit_once(':')
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(invalid(
-                    "advertise-addr",
-                    format!("`{addr}` is not host:port"),
-                ));
+            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(invalid("advertise-addr", format!("`{addr}` is not host:port")));
             }
         }
         Ok(Config {
@@ -236,6 +222,11 @@ impl ServeArgs {
             instance_id: self.instance_id.filter(|id| !id.trim().is_empty()),
             session_ttl: Duration::from_secs(self.session_ttl),
             max_session_bytes: self.max_session_bytes,
+            workers: self.workers,
+            queue_capacity: self.queue_capacity,
+            progress_ttl: Duration::from_secs(self.progress_ttl),
+            sample_page_delay: Duration::from_millis(self.sample_page_delay_ms),
+            sse_keep_alive: Duration::from_millis(self.sse_keep_alive_ms.max(1)),
             log_format: self.log_format,
             log: self.log,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
@@ -263,10 +254,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["shoal"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv)
-            .expect("flags parse")
-            .serve
-            .into_config()
+        Cli::try_parse_from(argv).expect("flags parse").serve.into_config()
     }
 
     #[test]
@@ -281,13 +269,8 @@ mod tests {
     fn bad_values_name_the_flag() {
         let error = parse(&["--session-ttl", "0"]).unwrap_err();
         assert_eq!(error.flag, "session-ttl");
-        let error = parse(&[
-            "--election-timeout-ms",
-            "50",
-            "--heartbeat-interval-ms",
-            "100",
-        ])
-        .unwrap_err();
+        let error =
+            parse(&["--election-timeout-ms", "50", "--heartbeat-interval-ms", "100"]).unwrap_err();
         assert_eq!(error.flag, "election-timeout-ms");
         assert!(parse(&["--node-id", "0"]).is_err());
         assert!(parse(&["--advertise-addr", "nohost"]).is_err());
@@ -295,9 +278,7 @@ mod tests {
 
     #[test]
     fn help_names_every_env_var() {
-        let help = <Cli as clap::CommandFactory>::command()
-            .render_long_help()
-            .to_string();
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
         for var in [
             "SHOAL_LISTEN",
             "PORT",
@@ -306,10 +287,7 @@ mod tests {
             "INSTANCE_ID",
             "SHOAL_SESSION_TTL",
         ] {
-            assert!(
-                help.contains(&format!("env: {var}")),
-                "--help lacks {var}:\n{help}"
-            );
+            assert!(help.contains(&format!("env: {var}")), "--help lacks {var}:\n{help}");
         }
     }
 }

@@ -23,10 +23,7 @@ pub fn node_id(data_dir: &Path, requested: Option<u64>) -> anyhow::Result<u64> {
     match fs::read_to_string(&path) {
         Ok(text) => {
             let stored: u64 = text.trim().parse().with_context(|| {
-                format!(
-                    "{} is corrupt: expected a node id, found {text:?}",
-                    path.display()
-                )
+                format!("{} is corrupt: expected a node id, found {text:?}", path.display())
             })?;
             if let Some(requested) = requested.filter(|requested| *requested != stored) {
                 bail!(

@@ -6,8 +6,10 @@
 pub mod api;
 pub mod config;
 mod data_dir;
+pub mod jobs;
 mod metrics;
 mod node;
+pub mod sse;
 mod time;
 
 pub use config::{Cli, CliCommand, Config, ConfigError, LogFormat, ServeArgs};

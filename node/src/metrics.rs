@@ -9,10 +9,11 @@ use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use shoal_raft::Cluster;
 
+use crate::jobs::PoolStats;
+
 const REQUEST_DURATION: &str = "shoal_http_request_duration_seconds";
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Returns the process-wide Prometheus recorder, installing it on first use.
 pub fn recorder() -> PrometheusHandle {
@@ -57,7 +58,7 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
 }
 
 /// Renders every metric, sampling the Raft and session gauges first.
-pub fn render(handle: &PrometheusHandle, cluster: &Cluster) -> String {
+pub fn render(handle: &PrometheusHandle, cluster: &Cluster, pool: PoolStats) -> String {
     let status = cluster.status();
     let index = |index: Option<u64>| index.map_or(0.0, |index| index as f64);
     metrics::gauge!("shoal_raft_term").set(status.term as f64);
@@ -67,5 +68,11 @@ pub fn render(handle: &PrometheusHandle, cluster: &Cluster) -> String {
     metrics::gauge!("shoal_raft_is_leader").set(if status.role == "leader" { 1.0 } else { 0.0 });
     metrics::gauge!("shoal_raft_voters").set(status.voters.len() as f64);
     metrics::gauge!("shoal_sessions_live").set(cluster.reader().num_sessions() as f64);
+    metrics::gauge!("shoal_pool_workers").set(pool.workers as f64);
+    metrics::gauge!("shoal_pool_active").set(pool.active as f64);
+    metrics::gauge!("shoal_pool_queued").set(pool.queued as f64);
+    metrics::gauge!("shoal_pool_completed_total").set(pool.completed as f64);
+    metrics::gauge!("shoal_pool_failed_total").set(pool.failed as f64);
+    metrics::gauge!("shoal_pool_rejected_total").set(pool.rejected as f64);
     handle.render()
 }

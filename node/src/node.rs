@@ -18,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat};
 use crate::data_dir;
+use crate::jobs::{SearchSettings, Searches, WorkerPool};
+use crate::sse::Hub;
 
 /// How long a new single-node cluster may take to elect itself at start.
 const FIRST_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,22 +45,14 @@ impl Node {
     /// one-member cluster; an existing one recovers its cluster without re-initializing.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
-            format!(
-                "cannot listen on {} (is another node running there?)",
-                config.listen
-            )
+            format!("cannot listen on {} (is another node running there?)", config.listen)
         })?;
         let local_addr = listener.local_addr()?;
         let engine_path = data_dir::prepare(&config.data_dir)?;
         let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
-        let instance_id = config
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("shoal-{node_id}"));
-        let advertise_addr = config
-            .advertise_addr
-            .clone()
-            .unwrap_or_else(|| advertised(local_addr));
+        let instance_id = config.instance_id.clone().unwrap_or_else(|| format!("shoal-{node_id}"));
+        let advertise_addr =
+            config.advertise_addr.clone().unwrap_or_else(|| advertised(local_addr));
 
         let engine: Arc<dyn Engine> = {
             let path = engine_path.clone();
@@ -81,22 +75,12 @@ impl Node {
             logs_kept_after_snapshot: config.snapshot_logs.min(1000),
             request_timeout: config.request_timeout,
         };
-        let cluster = Cluster::start(engine.clone(), options)
-            .await
-            .context("cannot start raft")?;
+        let cluster = Cluster::start(engine.clone(), options).await.context("cannot start raft")?;
         if cluster.is_initialized().await? {
             tracing::info!(node_id, "recovered raft state from the data dir");
         } else {
-            let members = BTreeMap::from([(
-                node_id,
-                RaftNode {
-                    addr: advertise_addr.clone(),
-                },
-            )]);
-            cluster
-                .initialize(members)
-                .await
-                .context("cannot initialize a single-node cluster")?;
+            let members = BTreeMap::from([(node_id, RaftNode { addr: advertise_addr.clone() })]);
+            cluster.initialize(members).await.context("cannot initialize a single-node cluster")?;
             tracing::info!(node_id, "initialized a new single-node cluster");
         }
         cluster
@@ -122,29 +106,28 @@ impl Node {
             version = env!("CARGO_PKG_VERSION"),
             "shoal node started"
         );
+        let hub = Arc::new(Hub::default());
+        let pool = WorkerPool::new(config.workers, config.queue_capacity);
+        let settings = SearchSettings {
+            progress_ttl: config.progress_ttl,
+            sample_page_delay: config.sample_page_delay,
+        };
+        let searches = Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, settings));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             toucher,
             config,
             instance_id,
             metrics: crate::metrics::recorder(),
+            hub,
+            searches,
         }));
-        Ok(Self {
-            listener,
-            services: Services {
-                state,
-                engine,
-                maintenance,
-                stop_maintenance,
-            },
-        })
+        Ok(Self { listener, services: Services { state, engine, maintenance, stop_maintenance } })
     }
 
     /// Returns the address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Returns the router of this node's API (for tests through `Router::oneshot`).
@@ -158,9 +141,7 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
         self.services.shutdown().await
     }
 

@@ -26,13 +26,35 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153; // 0 = March
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// Parses an ISO date `YYYY-MM-DD` into days since 1970-01-01.
+pub fn parse_iso_date(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[(month - 1) as usize] {
+        return None;
+    }
+    // Days before this year (from 1970), then before this month, then the day.
+    let years_before = year - 1;
+    let days_to_year = |y: i64| y * 365 + y / 4 - y / 100 + y / 400;
+    let year_start = days_to_year(years_before) - days_to_year(1969);
+    let before_month: i64 = month_days[..(month - 1) as usize].iter().sum();
+    Some(year_start + before_month + day - 1)
+}
+
+/// Formats days since 1970-01-01 as `YYYY-MM-DD`.
+pub fn iso_date(days: i64) -> String {
+    rfc3339_millis(u64::try_from(days).unwrap_or(0) * 86_400_000)[..10].to_string()
 }
 
 #[cfg(test)]
@@ -43,13 +65,7 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(1_735_689_599_999),
-            "2024-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339_millis(1_798_115_723_456),
-            "2026-12-24T12:35:23.456Z"
-        );
+        assert_eq!(rfc3339_millis(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(1_798_115_723_456), "2026-12-24T12:35:23.456Z");
     }
 }

@@ -17,6 +17,10 @@ struct TestNode {
 }
 
 async fn start_node() -> TestNode {
+    start_node_with(|_| {}).await
+}
+
+async fn start_node_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default_for_tests(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -24,12 +28,10 @@ async fn start_node() -> TestNode {
     config.heartbeat_interval = Duration::from_millis(50);
     config.election_timeout = Duration::from_millis(150);
     config.maintenance_interval = Duration::from_millis(100);
+    config.sample_page_delay = Duration::from_millis(10);
+    adjust(&mut config);
     let node = Node::start(config).await.unwrap();
-    TestNode {
-        router: node.router(),
-        node,
-        _dir: dir,
-    }
+    TestNode { router: node.router(), node, _dir: dir }
 }
 
 struct Answer {
@@ -54,20 +56,14 @@ impl TestNode {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer { status, headers, body }
     }
 
     async fn create(&self, body: &str) -> Answer {
@@ -83,22 +79,14 @@ impl TestNode {
 fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
     assert_eq!(answer.status, status, "body: {}", answer.body);
     assert_eq!(answer.body["error"], code, "body: {}", answer.body);
-    assert!(
-        answer.body["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{}",
-        answer.body
-    );
+    assert!(answer.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", answer.body);
 }
 
 #[tokio::test]
 async fn session_lifecycle() {
     let node = start_node().await;
 
-    let created = node
-        .create(r#"{"data":{"user":"ana","cart":[1,2]},"ttl_secs":600}"#)
-        .await;
+    let created = node.create(r#"{"data":{"user":"ana","cart":[1,2]},"ttl_secs":600}"#).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
@@ -106,17 +94,11 @@ async fn session_lifecycle() {
     assert_eq!(created.body["version"], 1);
     assert!(created.body["expires_at"].as_str().unwrap().ends_with('Z'));
     let cookie = created.headers[header::SET_COOKIE].to_str().unwrap();
-    assert!(
-        cookie.starts_with(&format!("shoal_session={id};")),
-        "{cookie}"
-    );
+    assert!(cookie.starts_with(&format!("shoal_session={id};")), "{cookie}");
     for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=600"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
     }
-    assert_eq!(
-        created.headers[header::LOCATION],
-        format!("/api/sessions/{id}").as_str()
-    );
+    assert_eq!(created.headers[header::LOCATION], format!("/api/sessions/{id}").as_str());
 
     let by_id = node.get(&format!("/api/sessions/{id}")).await;
     assert_eq!(by_id.status, StatusCode::OK);
@@ -124,63 +106,32 @@ async fn session_lifecycle() {
     assert_eq!(by_id.headers[header::ETAG], "\"1\"");
 
     let cookie_header = format!("theme=dark; shoal_session={id}");
-    let by_cookie = node
-        .call(
-            Method::GET,
-            "/api/session",
-            &[("cookie", &cookie_header)],
-            "",
-        )
-        .await;
+    let by_cookie = node.call(Method::GET, "/api/session", &[("cookie", &cookie_header)], "").await;
     assert_eq!(by_cookie.status, StatusCode::OK);
     assert_eq!(by_cookie.body["id"], id.as_str());
 
     let uri = format!("/api/sessions/{id}");
     let patched = node
-        .call(
-            Method::PATCH,
-            &uri,
-            &[("if-match", "\"1\"")],
-            r#"{"cart":null,"theme":"dark"}"#,
-        )
+        .call(Method::PATCH, &uri, &[("if-match", "\"1\"")], r#"{"cart":null,"theme":"dark"}"#)
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
     assert_eq!(patched.body["data"], json!({"user":"ana","theme":"dark"}));
     assert_eq!(patched.body["version"], 2);
 
-    let stale = node
-        .call(Method::PATCH, &uri, &[("if-match", "\"1\"")], r#"{"x":1}"#)
-        .await;
+    let stale = node.call(Method::PATCH, &uri, &[("if-match", "\"1\"")], r#"{"x":1}"#).await;
     assert_error(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
 
-    let replaced = node
-        .call(Method::PUT, &uri, &[], r#"{"data":{"only":"this"}}"#)
-        .await;
+    let replaced = node.call(Method::PUT, &uri, &[], r#"{"data":{"only":"this"}}"#).await;
     assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.body);
     assert_eq!(replaced.body["data"], json!({"only":"this"}));
     assert_eq!(replaced.body["version"], 3);
 
-    let stale_delete = node
-        .call(Method::DELETE, &uri, &[("if-match", "2")], "")
-        .await;
-    assert_error(
-        &stale_delete,
-        StatusCode::PRECONDITION_FAILED,
-        "version_mismatch",
-    );
-    let deleted = node
-        .call(Method::DELETE, &uri, &[("cookie", &cookie_header)], "")
-        .await;
+    let stale_delete = node.call(Method::DELETE, &uri, &[("if-match", "2")], "").await;
+    assert_error(&stale_delete, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    let deleted = node.call(Method::DELETE, &uri, &[("cookie", &cookie_header)], "").await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    assert!(deleted.headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .contains("Max-Age=0"));
-    assert_error(
-        &node.get(&uri).await,
-        StatusCode::NOT_FOUND,
-        "session_not_found",
-    );
+    assert!(deleted.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    assert_error(&node.get(&uri).await, StatusCode::NOT_FOUND, "session_not_found");
     let again = node.call(Method::DELETE, &uri, &[], "").await;
     assert_error(&again, StatusCode::NOT_FOUND, "session_not_found");
 
@@ -191,14 +142,8 @@ async fn session_lifecycle() {
 }
 
 /// Method, URI, headers, body, and the status and error code it must get.
-type BadRequest = (
-    Method,
-    String,
-    Vec<(&'static str, &'static str)>,
-    String,
-    StatusCode,
-    &'static str,
-);
+type BadRequest =
+    (Method, String, Vec<(&'static str, &'static str)>, String, StatusCode, &'static str);
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
@@ -395,21 +340,12 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             &body[..body.len().min(60)],
             answer.body
         );
-        assert_eq!(
-            answer.body["error"], code,
-            "{method} {uri}: {}",
-            answer.body
-        );
-        assert!(answer.body["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert_eq!(answer.body["error"], code, "{method} {uri}: {}", answer.body);
+        assert!(answer.body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 
     let unchanged = node.get(&uri).await;
-    assert_eq!(
-        unchanged.body["version"], 1,
-        "a refused request changed the session"
-    );
+    assert_eq!(unchanged.body["version"], 1, "a refused request changed the session");
     assert_eq!(unchanged.body["data"], json!({"keep":"me"}));
     let metrics = node.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
@@ -470,12 +406,7 @@ async fn reads_slide_the_expiry_and_unused_sessions_expire() {
     let started = std::time::Instant::now();
     let mut last = node.get(&uri).await;
     while started.elapsed() < Duration::from_millis(2500) {
-        assert_eq!(
-            last.status,
-            StatusCode::OK,
-            "a session in use expired: {}",
-            last.body
-        );
+        assert_eq!(last.status, StatusCode::OK, "a session in use expired: {}", last.body);
         tokio::time::sleep(Duration::from_millis(200)).await;
         last = node.get(&uri).await;
     }
@@ -494,6 +425,181 @@ async fn reads_slide_the_expiry_and_unused_sessions_expire() {
             "session did not expire: {}",
             answer.body
         );
+    }
+    node.node.shutdown().await.unwrap();
+}
+
+async fn wait_for_status(node: &TestNode, uri: &str, status: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = node.get(uri).await;
+        if answer.body["status"] == status {
+            return answer.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{uri} never became {status}: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn search_validation_names_the_field_and_starts_nothing() {
+    let node = start_node().await;
+    let cases = [
+        (r#"{"ufs":[],"date_from":"2025-01-01","date_to":"2025-01-31"}"#, "ufs"),
+        (r#"{"ufs":["SP","ZZ"],"date_from":"2025-01-01","date_to":"2025-01-31"}"#, "ufs"),
+        (r#"{"ufs":["SP","SP"],"date_from":"2025-01-01","date_to":"2025-01-31"}"#, "ufs"),
+        (r#"{"ufs":["SP"],"date_from":"01/01/2025","date_to":"2025-01-31"}"#, "date_from"),
+        (r#"{"ufs":["SP"],"date_from":"2025-01-01","date_to":"2025-02-30"}"#, "date_to"),
+        (r#"{"ufs":["SP"],"date_from":"2025-02-01","date_to":"2025-01-31"}"#, "date_to"),
+        (r#"{"ufs":["SP"],"date_from":"2024-01-01","date_to":"2025-01-31"}"#, "date_to"),
+        (
+            r#"{"ufs":["SP"],"date_from":"2025-01-01","date_to":"2025-01-31","source":"ftp"}"#,
+            "source",
+        ),
+        (r#"{"ufs":"SP","date_from":"2025-01-01","date_to":"2025-01-31"}"#, "ufs"),
+        (r#"{"date_from":"2025-01-01","date_to":"2025-01-31"}"#, "ufs"),
+    ];
+    for (body, field) in cases {
+        let answer = node.call(Method::POST, "/api/searches", &[], body).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+        let message = answer.body["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: message {message:?} does not name {field}");
+    }
+    let keywords: Vec<String> = (0..21).map(|n| format!("k{n}")).collect();
+    let body =
+        json!({"ufs":["SP"],"date_from":"2025-01-01","date_to":"2025-01-31","keywords":keywords});
+    let answer = node.call(Method::POST, "/api/searches", &[], &body.to_string()).await;
+    assert!(answer.body["message"].as_str().unwrap().contains("keywords"), "{}", answer.body);
+    let malformed = node.call(Method::POST, "/api/searches", &[], "{").await;
+    assert_error(&malformed, StatusCode::BAD_REQUEST, "invalid_json");
+
+    let health = node.get("/api/health").await;
+    assert_eq!(
+        health.body["thread_pool_stats"]["completed"], 0,
+        "a refused search ran: {}",
+        health.body
+    );
+    assert_eq!(health.body["thread_pool_stats"]["workers"], 10);
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_search_runs_to_completion_and_can_wait() {
+    let node = start_node().await;
+    let body = r#"{"ufs":["SP","RJ","MG"],"date_from":"2025-01-01","date_to":"2025-01-31","keywords":["UNIFORME"]}"#;
+    let started = node.call(Method::POST, "/api/searches", &[], body).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let id = started.body["id"].as_str().unwrap();
+    assert_eq!(started.body["status_url"], format!("/api/searches/{id}"));
+    assert_eq!(started.body["events_url"], format!("/api/searches/{id}/events"));
+    let done = wait_for_status(&node, &format!("/api/searches/{id}"), "completed").await;
+    assert_eq!(
+        (done["total_parts"].as_u64(), done["completed_parts"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let per_part: u64 =
+        ["SP", "RJ", "MG"].iter().map(|uf| done["parts"][uf]["records"].as_u64().unwrap()).sum();
+    assert_eq!(done["result"]["total_records"].as_u64(), Some(per_part));
+    assert!(per_part > 0);
+    assert_eq!(done["attempt"], 1);
+
+    let waited = node.call(Method::POST, "/api/searches?wait=true", &[], body).await;
+    assert_eq!(waited.status, StatusCode::OK, "{}", waited.body);
+    assert_eq!(waited.body["status"], "completed");
+    assert_eq!(
+        waited.body["result"]["total_records"], done["result"]["total_records"],
+        "same inputs, same records"
+    );
+
+    let again = node.call(Method::DELETE, &format!("/api/searches/{id}"), &[], "").await;
+    assert_error(&again, StatusCode::CONFLICT, "finished");
+    let unknown = node.get("/api/searches/0123").await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found");
+    let stats = node.get("/api/health").await.body["thread_pool_stats"].clone();
+    assert_eq!(
+        (stats["completed"].as_u64(), stats["rejected"].as_u64()),
+        (Some(6), Some(0)),
+        "{stats}"
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_search_promptly() {
+    let node =
+        start_node_with(|config| config.sample_page_delay = Duration::from_millis(500)).await;
+    let body = r#"{"ufs":["SP","RJ"],"date_from":"2025-01-01","date_to":"2025-12-31"}"#;
+    let started = node.call(Method::POST, "/api/searches", &[], body).await;
+    let uri = format!("/api/searches/{}", started.body["id"].as_str().unwrap());
+    wait_for_status(&node, &uri, "running").await;
+    let cancelled = node.call(Method::DELETE, &uri, &[], "").await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{}", cancelled.body);
+    let began = std::time::Instant::now();
+    let done = wait_for_status(&node, &uri, "cancelled").await;
+    assert!(began.elapsed() < Duration::from_secs(2), "cancel took {:?}", began.elapsed());
+    assert!(done["result"].is_null());
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let node = start_node_with(|config| {
+        config.workers = 1;
+        config.queue_capacity = 2;
+        config.sample_page_delay = Duration::from_millis(300);
+    })
+    .await;
+    let body = r#"{"ufs":["SP","RJ","MG"],"date_from":"2025-01-01","date_to":"2025-12-31"}"#;
+    let refused = node.call(Method::POST, "/api/searches", &[], body).await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    let fits = r#"{"ufs":["SP","RJ"],"date_from":"2025-01-01","date_to":"2025-12-31"}"#;
+    assert_eq!(
+        node.call(Method::POST, "/api/searches", &[], fits).await.status,
+        StatusCode::ACCEPTED
+    );
+    let stats = node.get("/api/health").await.body["thread_pool_stats"].clone();
+    assert_eq!(stats["rejected"], 1, "{stats}");
+    let metrics = node.get("/metrics").await;
+    assert!(
+        metrics.body.as_str().unwrap().contains("shoal_pool_rejected_total"),
+        "{}",
+        metrics.body
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn trackers_for_external_workers() {
+    let node = start_node().await;
+    let created =
+        node.call(Method::POST, "/api/trackers", &[], r#"{"total":3,"label":"import"}"#).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap();
+    assert_eq!(created.body["status"], "running");
+    let events = format!("/api/trackers/{id}/events");
+    let progress =
+        node.call(Method::POST, &events, &[], r#"{"type":"progress","data":{"done":1}}"#).await;
+    assert_eq!(progress.status, StatusCode::ACCEPTED, "{}", progress.body);
+    assert_eq!(progress.body["seq"], 1);
+    let bad = node.call(Method::POST, &events, &[], r#"{"type":"exploded"}"#).await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let done =
+        node.call(Method::POST, &events, &[], r#"{"type":"completed","data":{"rows":42}}"#).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let state = node.get(&format!("/api/trackers/{id}")).await;
+    assert_eq!(state.body["status"], "completed");
+    assert_eq!(state.body["result"], json!({"rows":42}));
+    assert_eq!(state.body["params"]["label"], "import");
+    let late = node.call(Method::POST, &events, &[], r#"{"type":"progress"}"#).await;
+    assert_error(&late, StatusCode::CONFLICT, "finished");
+    for body in [r#"{"total":0}"#, r#"{"label":"x"}"#, r#"{"total":-1}"#] {
+        let answer = node.call(Method::POST, "/api/trackers", &[], body).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     }
     node.node.shutdown().await.unwrap();
 }

@@ -107,25 +107,12 @@ impl Cluster {
             LogStore::<TypeConfig>::open(engine)?.with_purge_guard(state_machine.applied_index());
         let reader = state_machine.reader();
         let network = Network::new(options.heartbeat_interval.max(Duration::from_millis(200)));
-        let raft = Raft::new(
-            options.node_id,
-            Arc::new(config),
-            network,
-            log_store.clone(),
-            state_machine,
-        )
-        .await
-        .map_err(|error| ClusterError::Raft(error.to_string()))?;
-        let inner = Inner {
-            raft,
-            options,
-            reader,
-            log_store,
-            read_rounds: Mutex::default(),
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let raft =
+            Raft::new(options.node_id, Arc::new(config), network, log_store.clone(), state_machine)
+                .await
+                .map_err(|error| ClusterError::Raft(error.to_string()))?;
+        let inner = Inner { raft, options, reader, log_store, read_rounds: Mutex::default() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Returns this node's id.
@@ -166,10 +153,7 @@ impl Cluster {
     ///
     /// On a timeout the outcome is unknown: the entry may still commit later.
     pub async fn write(&self, command: Command) -> Result<Response> {
-        let request = Request {
-            now_ms: unix_millis(),
-            command,
-        };
+        let request = Request { now_ms: unix_millis(), command };
         let timeout = self.inner.options.request_timeout;
         let outcome = tokio::time::timeout(timeout, self.inner.raft.client_write(request))
             .await
@@ -204,8 +188,7 @@ impl Cluster {
         if start_round {
             tokio::spawn(run_read_rounds(self.inner.clone()));
         }
-        wait.await
-            .unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
+        wait.await.unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
     }
 
     /// Returns this node's view of the cluster.
@@ -214,10 +197,7 @@ impl Cluster {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners = membership.learner_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect();
+        let members = membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect();
         let role = match metrics.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -252,9 +232,7 @@ impl Cluster {
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
         let mut metrics = self.inner.raft.metrics();
         let wait = async {
-            let metrics = metrics
-                .wait_for(|metrics| metrics.current_leader.is_some())
-                .await;
+            let metrics = metrics.wait_for(|metrics| metrics.current_leader.is_some()).await;
             metrics.map(|metrics| metrics.current_leader.expect("waited for a leader"))
         };
         match tokio::time::timeout(timeout, wait).await {
@@ -308,10 +286,9 @@ async fn run_read_rounds(inner: Arc<Inner>) {
 
 fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
     match (forward.leader_id, forward.leader_node) {
-        (Some(leader_id), Some(node)) => ClusterError::NotLeader {
-            leader_id,
-            leader_addr: node.addr,
-        },
+        (Some(leader_id), Some(node)) => {
+            ClusterError::NotLeader { leader_id, leader_addr: node.addr }
+        }
         _ => ClusterError::NoLeader,
     }
 }

@@ -8,10 +8,7 @@ pub enum ClusterError {
     NoLeader,
     /// Another node leads; the request must go there.
     #[error("node {leader_id} leads the cluster")]
-    NotLeader {
-        leader_id: NodeId,
-        leader_addr: String,
-    },
+    NotLeader { leader_id: NodeId, leader_addr: String },
     /// The cluster did not answer in time (for example, quorum is lost).
     #[error("the cluster did not answer within {0:?}")]
     Timeout(std::time::Duration),

@@ -5,6 +5,8 @@
 
 /// `s/{id}` → [`crate::SessionRecord`].
 pub const SESSION_PREFIX: &[u8] = b"s/";
+/// `p/{id}` → [`crate::ProgressRecord`]: searches and trackers.
+pub const PROGRESS_PREFIX: &[u8] = b"p/";
 /// `x/{deadline_ms: u64 BE}{kind}{id}` → empty: the expiry index, oldest first.
 pub const EXPIRY_PREFIX: &[u8] = b"x/";
 /// `m/…` → bookkeeping of the state machine itself; not part of snapshot data.
@@ -15,6 +17,14 @@ pub const NUM_SESSIONS: &[u8] = b"m/num_sessions";
 
 /// The kind byte of a session in the expiry index.
 pub const EXPIRY_KIND_SESSION: u8 = b's';
+
+/// The kind byte of a progress record in the expiry index.
+pub const EXPIRY_KIND_PROGRESS: u8 = b'p';
+
+/// Returns the key of progress record `id`.
+pub fn progress(id: &str) -> Vec<u8> {
+    [PROGRESS_PREFIX, id.as_bytes()].concat()
+}
 
 /// Returns the key of session `id`.
 pub fn session(id: &str) -> Vec<u8> {

@@ -7,12 +7,14 @@ mod keys;
 mod maintenance;
 mod merge_patch;
 pub mod network;
+mod progress;
 mod state_machine;
 mod types;
 
 pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus};
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};
+pub use progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{
     Command, Entry, Node, NodeId, Raft, Rejection, Request, Response, SessionChange, SessionRecord,

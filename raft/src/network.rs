@@ -88,10 +88,7 @@ impl Connection {
                 }
             })?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body).into_owned();
             let error = std::io::Error::other(format!("{path} answered {status}: {text}"));

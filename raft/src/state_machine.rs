@@ -20,6 +20,7 @@ use serde_json::Value;
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
 use tokio::sync::watch;
 
+use crate::progress::{self, ProgressRecord};
 use crate::types::{
     Command, Entry, Node, NodeId, Request, Response, SessionChange, SessionRecord, TypeConfig,
 };
@@ -61,6 +62,12 @@ impl StateReader {
         Ok(read_session(&*self.state, id)?.filter(|record| !record.is_expired(now_ms)))
     }
 
+    /// Returns search or tracker `id` unless it is missing or expired at `now_ms`.
+    pub fn progress(&self, id: &str, now_ms: u64) -> shoal_storage::Result<Option<ProgressRecord>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(progress::read(&*self.state, id)?.filter(|record| record.expires_at_ms > now_ms))
+    }
+
     /// Returns the number of stored sessions (expired ones count until the next expiry).
     pub fn num_sessions(&self) -> u64 {
         self.num_sessions.load(Ordering::Relaxed)
@@ -77,10 +84,7 @@ impl StateReader {
 }
 
 fn read_session(state: &dyn Tree, id: &str) -> shoal_storage::Result<Option<SessionRecord>> {
-    state
-        .get(&keys::session(id))?
-        .map(|bytes| codec::decode(&bytes, "session"))
-        .transpose()
+    state.get(&keys::session(id))?.map(|bytes| codec::decode(&bytes, "session")).transpose()
 }
 
 /// openraft's [`RaftStateMachine`] for shoal.
@@ -102,12 +106,10 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the state machine on `engine`, finishing a snapshot install a crash interrupted.
     pub async fn open(engine: Arc<dyn Engine>) -> Result<Self, StorageError> {
-        let state = engine
-            .open_tree(STATE_TREE)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let snapshots = engine
-            .open_tree(SNAPSHOT_TREE)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let state =
+            engine.open_tree(STATE_TREE).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let snapshots =
+            engine.open_tree(SNAPSHOT_TREE).map_err(|e| StorageIOError::read_state_machine(&e))?;
         let mut store = Self {
             engine,
             state,
@@ -156,8 +158,7 @@ impl StateMachineStore {
 
     fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
         self.last_applied = last_applied;
-        self.applied
-            .send_replace(last_applied.map_or(0, |log_id| log_id.index + 1));
+        self.applied.send_replace(last_applied.map_or(0, |log_id| log_id.index + 1));
     }
 
     fn load_meta(&mut self) -> Result<(), StorageError> {
@@ -166,10 +167,7 @@ impl StateMachineStore {
             key: &[u8],
             what: &'static str,
         ) -> shoal_storage::Result<Option<T>> {
-            state
-                .get(key)?
-                .map(|bytes| codec::decode(&bytes, what))
-                .transpose()
+            state.get(key)?.map(|bytes| codec::decode(&bytes, what)).transpose()
         }
         let state_tree = self.state.clone();
         let state = &*state_tree;
@@ -177,12 +175,10 @@ impl StateMachineStore {
         let last_applied: Option<Option<LogId<NodeId>>> =
             read(state, keys::LAST_APPLIED, "last applied").map_err(read_error)?;
         self.set_last_applied(last_applied.flatten());
-        self.membership = read(state, keys::MEMBERSHIP, "membership")
-            .map_err(read_error)?
-            .unwrap_or_default();
-        let num_sessions: u64 = read(state, keys::NUM_SESSIONS, "session count")
-            .map_err(read_error)?
-            .unwrap_or(0);
+        self.membership =
+            read(state, keys::MEMBERSHIP, "membership").map_err(read_error)?.unwrap_or_default();
+        let num_sessions: u64 =
+            read(state, keys::NUM_SESSIONS, "session count").map_err(read_error)?.unwrap_or(0);
         self.num_sessions.store(num_sessions, Ordering::Relaxed);
         Ok(())
     }
@@ -227,10 +223,7 @@ impl StateMachineStore {
             batch.put(key, value);
         }
         batch.put(keys::LAST_APPLIED, codec::encode(&stored.meta.last_log_id));
-        batch.put(
-            keys::MEMBERSHIP,
-            codec::encode(&stored.meta.last_membership),
-        );
+        batch.put(keys::MEMBERSHIP, codec::encode(&stored.meta.last_membership));
         batch.put(keys::NUM_SESSIONS, codec::encode(&num_sessions));
         self.state.apply(batch).map_err(write_err)?;
         drop(_replacing);
@@ -258,15 +251,11 @@ impl StateMachineStore {
                 .map_err(|e| StorageIOError::apply(log_id, &e))?,
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(log_id), membership);
-                change
-                    .batch
-                    .put(keys::MEMBERSHIP, codec::encode(&self.membership));
+                change.batch.put(keys::MEMBERSHIP, codec::encode(&self.membership));
                 Response::Empty
             }
         };
-        change
-            .batch
-            .put(keys::LAST_APPLIED, codec::encode(&Some(log_id)));
+        change.batch.put(keys::LAST_APPLIED, codec::encode(&Some(log_id)));
         let num_sessions = if change.session_delta != 0 {
             let count = self.num_sessions.load(Ordering::Relaxed);
             let count = count.saturating_add_signed(change.session_delta);
@@ -275,9 +264,7 @@ impl StateMachineStore {
         } else {
             None
         };
-        self.state
-            .apply(change.batch)
-            .map_err(|e| StorageIOError::apply(log_id, &e))?;
+        self.state.apply(change.batch).map_err(|e| StorageIOError::apply(log_id, &e))?;
         self.set_last_applied(Some(log_id));
         if let Some(count) = num_sessions {
             self.num_sessions.store(count, Ordering::Relaxed);
@@ -318,12 +305,7 @@ impl StateMachineStore {
                 change.put_session(&id, &record);
                 Response::Session { id, record }
             }
-            Command::UpdateSession {
-                id,
-                change: session_change,
-                if_version,
-                max_data_bytes,
-            } => {
+            Command::UpdateSession { id, change: session_change, if_version, max_data_bytes } => {
                 let mut record = match live_session(state, &id, now_ms, if_version)? {
                     Ok(record) => record,
                     Err(rejection) => return Ok(Response::Rejected(rejection)),
@@ -400,7 +382,17 @@ impl StateMachineStore {
                     let Some((deadline_ms, kind, id)) = keys::parse_expiry(&key) else {
                         continue;
                     };
-                    if deadline_ms > now_ms || kind != keys::EXPIRY_KIND_SESSION {
+                    if deadline_ms > now_ms {
+                        continue;
+                    }
+                    if kind == keys::EXPIRY_KIND_PROGRESS {
+                        match progress::read(state, id)? {
+                            Some(record) if record.expires_at_ms == deadline_ms => {
+                                progress::delete(&mut change.batch, id, &record);
+                                expired += 1;
+                            }
+                            _ => change.batch.delete(key.clone()),
+                        }
                         continue;
                     }
                     match read_session(state, id)? {
@@ -413,6 +405,9 @@ impl StateMachineStore {
                     }
                 }
                 Response::Count(expired)
+            }
+            Command::Progress(command) => {
+                progress::apply(state, now_ms, command, &mut change.batch)?
             }
         })
     }
@@ -429,9 +424,9 @@ fn live_session(
         return Ok(Err(Rejection::NotFound));
     };
     match if_version {
-        Some(expected) if expected != record.version => Ok(Err(Rejection::VersionMismatch {
-            current: record.version,
-        })),
+        Some(expected) if expected != record.version => {
+            Ok(Err(Rejection::VersionMismatch { current: record.version }))
+        }
         _ => Ok(Ok(record)),
     }
 }
@@ -446,19 +441,13 @@ struct Change {
 impl Change {
     fn put_session(&mut self, id: &str, record: &SessionRecord) {
         self.batch.put(keys::session(id), codec::encode(record));
-        self.batch.put(
-            keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_SESSION, id),
-            Vec::new(),
-        );
+        self.batch
+            .put(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_SESSION, id), Vec::new());
     }
 
     fn delete_session(&mut self, id: &str, record: &SessionRecord) {
         self.batch.delete(keys::session(id));
-        self.batch.delete(keys::expiry(
-            record.expires_at_ms,
-            keys::EXPIRY_KIND_SESSION,
-            id,
-        ));
+        self.batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_SESSION, id));
         self.session_delta -= 1;
     }
 }
@@ -485,10 +474,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
         let signature = Some(meta.signature());
         {
             // A build runs beside the state machine task, so an install of a newer
@@ -515,10 +501,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         tracing::info!(snapshot = %meta, bytes = stored.data.len(), "built raft snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
@@ -541,10 +524,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        entries
-            .into_iter()
-            .map(|entry| self.apply_entry(entry))
-            .collect()
+        entries.into_iter().map(|entry| self.apply_entry(entry)).collect()
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -584,10 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         let signature = Some(meta.signature());
         // Keep the snapshot and mark the install first: if the node crashes while the
         // state is being replaced, the next start finishes the job from the stored copy.

@@ -4,6 +4,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::progress::{ProgressCommand, ProgressRecord};
+
 /// A node's Raft id: `--node-id`, or generated once and kept in the data dir.
 pub type NodeId = u64;
 
@@ -44,11 +46,7 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates session `id` holding `data` (a JSON object, as text).
-    CreateSession {
-        id: String,
-        data: String,
-        ttl_ms: u64,
-    },
+    CreateSession { id: String, data: String, ttl_ms: u64 },
     /// Changes the data of an existing, unexpired session.
     UpdateSession {
         id: String,
@@ -64,6 +62,8 @@ pub enum Command {
     Touch { ids: Vec<String> },
     /// Deletes everything whose deadline is at or before `now_ms`.
     Expire,
+    /// Creates or advances a search or tracker.
+    Progress(ProgressCommand),
 }
 
 /// How [`Command::UpdateSession`] changes the data.
@@ -108,6 +108,8 @@ pub enum Response {
     Deleted,
     /// How many sessions a touch extended or an expiry removed.
     Count(u64),
+    /// The progress record as it is after the command.
+    Progress { id: String, record: ProgressRecord },
     /// The command was refused and changed nothing.
     Rejected(Rejection),
 }
@@ -130,4 +132,16 @@ pub enum Rejection {
     /// The resulting data is not a JSON object.
     #[error("session data must be a JSON object")]
     NotAnObject,
+    /// No unexpired search or tracker has that id.
+    #[error("search or tracker not found")]
+    ProgressNotFound,
+    /// The search or tracker has finished; nothing about it changes any more.
+    #[error("search or tracker has already finished")]
+    ProgressFinished,
+    /// A milestone of an earlier attempt arrived after a takeover.
+    #[error("attempt is stale; the current attempt is {current}")]
+    StaleAttempt { current: u32 },
+    /// A milestone named a part the search does not have.
+    #[error("no such part")]
+    UnknownPart,
 }

@@ -40,36 +40,21 @@ async fn start(path: &Path) -> (Cluster, Arc<dyn Engine>) {
     };
     let cluster = Cluster::start(engine.clone(), options()).await.unwrap();
     if !cluster.is_initialized().await.unwrap() {
-        let members = BTreeMap::from([(
-            1,
-            Node {
-                addr: "127.0.0.1:1".to_string(),
-            },
-        )]);
+        let members = BTreeMap::from([(1, Node { addr: "127.0.0.1:1".to_string() })]);
         cluster.initialize(members).await.unwrap();
     }
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .unwrap();
+    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
     (cluster, engine)
 }
 
 fn create(id: &str, ttl_ms: u64) -> Command {
-    Command::CreateSession {
-        id: id.to_string(),
-        data: r#"{"n":0}"#.to_string(),
-        ttl_ms,
-    }
+    Command::CreateSession { id: id.to_string(), data: r#"{"n":0}"#.to_string(), ttl_ms }
 }
 
 async fn wait_until(what: &str, deadline: Duration, mut predicate: impl FnMut() -> bool) {
     let started = Instant::now();
     while !predicate() {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
+        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -79,10 +64,7 @@ async fn snapshots_purge_the_log_and_state_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, engine) = start(dir.path()).await;
     for n in 0..200 {
-        cluster
-            .write(create(&format!("s{n:03}"), 3_600_000))
-            .await
-            .unwrap();
+        cluster.write(create(&format!("s{n:03}"), 3_600_000)).await.unwrap();
     }
     let patch = SessionChange::MergePatch(r#"{"n":7,"extra":true}"#.to_string());
     let update = Command::UpdateSession {
@@ -91,22 +73,13 @@ async fn snapshots_purge_the_log_and_state_survives_restart() {
         if_version: Some(1),
         max_data_bytes: 1024,
     };
-    let Response::Session { record, .. } = cluster.write(update).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(
-        (record.version, record.data.as_str()),
-        (2, r#"{"extra":true,"n":7}"#)
-    );
+    let Response::Session { record, .. } = cluster.write(update).await.unwrap() else { panic!() };
+    assert_eq!((record.version, record.data.as_str()), (2, r#"{"extra":true,"n":7}"#));
 
-    wait_until(
-        "a snapshot is built and the log purged",
-        Duration::from_secs(10),
-        || {
-            let status = cluster.status();
-            status.snapshot_index.is_some() && status.purged_index.is_some()
-        },
-    )
+    wait_until("a snapshot is built and the log purged", Duration::from_secs(10), || {
+        let status = cluster.status();
+        status.snapshot_index.is_some() && status.purged_index.is_some()
+    })
     .await;
     let before = cluster.status();
     assert!(before.purged_index.unwrap() >= 50, "{before:?}");
@@ -118,10 +91,7 @@ async fn snapshots_purge_the_log_and_state_survives_restart() {
     let (cluster, _engine) = start(dir.path()).await;
     let reader = cluster.reader();
     assert_eq!(reader.num_sessions(), 200);
-    let record = reader
-        .session("s007", unix_millis())
-        .unwrap()
-        .expect("s007 survives restart");
+    let record = reader.session("s007", unix_millis()).unwrap().expect("s007 survives restart");
     assert_eq!(record.version, 2);
     assert!(reader.session("s199", unix_millis()).unwrap().is_some());
     assert!(cluster.status().last_applied_index >= before.last_applied_index);
@@ -132,16 +102,10 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, _engine) = start(dir.path()).await;
     cluster.write(create("a", 3_600_000)).await.unwrap();
-    let stale = Command::DeleteSession {
-        id: "a".into(),
-        if_version: Some(9),
-    };
+    let stale = Command::DeleteSession { id: "a".into(), if_version: Some(9) };
     let error = cluster.write(stale).await.unwrap_err();
     assert!(
-        matches!(
-            error,
-            ClusterError::Rejected(Rejection::VersionMismatch { current: 1 })
-        ),
+        matches!(error, ClusterError::Rejected(Rejection::VersionMismatch { current: 1 })),
         "{error}"
     );
     let too_big = Command::UpdateSession {
@@ -155,49 +119,25 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
         ClusterError::Rejected(Rejection::TooLarge { .. })
     ));
     let duplicate = cluster.write(create("a", 1)).await.unwrap_err();
-    assert!(matches!(
-        duplicate,
-        ClusterError::Rejected(Rejection::AlreadyExists)
-    ));
-    let record = cluster
-        .reader()
-        .session("a", unix_millis())
-        .unwrap()
-        .unwrap();
+    assert!(matches!(duplicate, ClusterError::Rejected(Rejection::AlreadyExists)));
+    let record = cluster.reader().session("a", unix_millis()).unwrap().unwrap();
     assert_eq!((record.version, record.data.as_str()), (1, r#"{"n":0}"#));
 
     cluster.write(create("short", 200)).await.unwrap();
     assert_eq!(cluster.reader().num_sessions(), 2);
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Hidden from reads at once, by the local clock…
-    assert!(cluster
-        .reader()
-        .session("short", unix_millis())
-        .unwrap()
-        .is_none());
+    assert!(cluster.reader().session("short", unix_millis()).unwrap().is_none());
     // …and removed from the state by a replicated Expire carrying the leader's clock.
-    let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else {
-        panic!()
-    };
+    let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else { panic!() };
     assert_eq!(expired, 1);
     assert_eq!(cluster.reader().num_sessions(), 1);
-    assert_eq!(
-        cluster.reader().next_deadline_ms().unwrap(),
-        Some(record.expires_at_ms)
-    );
+    assert_eq!(cluster.reader().next_deadline_ms().unwrap(), Some(record.expires_at_ms));
 
-    let touch = Command::Touch {
-        ids: vec!["a".into(), "a".into(), "missing".into()],
-    };
-    let Response::Count(touched) = cluster.write(touch).await.unwrap() else {
-        panic!()
-    };
+    let touch = Command::Touch { ids: vec!["a".into(), "a".into(), "missing".into()] };
+    let Response::Count(touched) = cluster.write(touch).await.unwrap() else { panic!() };
     assert_eq!(touched, 1);
-    let touched_record = cluster
-        .reader()
-        .session("a", unix_millis())
-        .unwrap()
-        .unwrap();
+    let touched_record = cluster.reader().session("a", unix_millis()).unwrap().unwrap();
     assert!(touched_record.expires_at_ms > record.expires_at_ms);
     assert_eq!(touched_record.version, 1, "a touch is not a change of data");
 
@@ -207,9 +147,7 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
         if_version: Some(1),
         max_data_bytes: 64,
     };
-    let Response::Session { record, .. } = cluster.write(same).await.unwrap() else {
-        panic!()
-    };
+    let Response::Session { record, .. } = cluster.write(same).await.unwrap() else { panic!() };
     assert_eq!(record.version, 1, "an empty merge patch is not a change");
 }
 

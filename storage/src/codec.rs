@@ -22,20 +22,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Decodes a record written by [`encode`]; `what` names the record in errors.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
-    let (&version, body) = bytes.split_first().ok_or(StorageError::Corrupt {
-        what,
-        reason: "empty record".to_string(),
-    })?;
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or(StorageError::Corrupt { what, reason: "empty record".to_string() })?;
     if version != FORMAT_VERSION {
-        return Err(StorageError::UnsupportedVersion {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(StorageError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
-    postcard::from_bytes(body).map_err(|error| StorageError::Corrupt {
-        what,
-        reason: error.to_string(),
-    })
+    postcard::from_bytes(body)
+        .map_err(|error| StorageError::Corrupt { what, reason: error.to_string() })
 }
 
 #[cfg(test)]
@@ -52,10 +46,7 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = FORMAT_VERSION + 1;
         let error = decode::<(String, u64)>(&future, "test").unwrap_err();
-        assert!(
-            matches!(error, StorageError::UnsupportedVersion { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, StorageError::UnsupportedVersion { .. }), "{error}");
         assert!(decode::<(String, u64)>(&[], "test").is_err());
         assert!(decode::<(String, u64)>(&bytes[..2], "test").is_err());
     }

@@ -61,9 +61,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 
 impl<C: RaftTypeConfig> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore")
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+        f.debug_struct("LogStore").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
@@ -105,10 +103,7 @@ where
         key: &[u8],
         what: &'static str,
     ) -> crate::Result<Option<T>> {
-        self.meta
-            .get(key)?
-            .map(|bytes| codec::decode(&bytes, what))
-            .transpose()
+        self.meta.get(key)?.map(|bytes| codec::decode(&bytes, what)).transpose()
     }
 
     async fn flush(&self) -> crate::Result<()> {
@@ -183,10 +178,7 @@ where
         };
         // Entries left below the purge point by an interrupted purge do not count.
         let last_log_id = std::cmp::max(last_entry_id, last_purged_log_id.clone());
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -197,16 +189,12 @@ where
         self.meta
             .insert(VOTE_KEY, &codec::encode(vote))
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, RaftStorageError<C>> {
-        Ok(self
-            .read_meta(VOTE_KEY, "vote")
-            .map_err(|e| StorageIOError::read_vote(&e))?)
+        Ok(self.read_meta(VOTE_KEY, "vote").map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(
@@ -240,14 +228,9 @@ where
     {
         let mut batch = WriteBatch::new();
         for entry in entries {
-            batch.put(
-                index_key(entry.get_log_id().index).to_vec(),
-                codec::encode(&entry),
-            );
+            batch.put(index_key(entry.get_log_id().index).to_vec(), codec::encode(&entry));
         }
-        self.log
-            .apply(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         let flushed = self.flush().await;
         if let Err(error) = &flushed {
             tracing::error!(%error, "raft log fsync failed");
@@ -263,9 +246,7 @@ where
             let (key, _) = pair.map_err(|e| StorageIOError::write_logs(&e))?;
             batch.delete(key);
         }
-        self.log
-            .apply(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -297,9 +278,7 @@ where
             let (key, _) = pair.map_err(|e| StorageIOError::write_logs(&e))?;
             batch.delete(key);
         }
-        self.log
-            .apply(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -324,26 +303,21 @@ mod tests {
     async fn purge_waits_for_the_state_machine_to_apply_the_purge_point() {
         let engine: Arc<dyn Engine> = Arc::new(SledEngine::temporary().unwrap());
         let (applied, guard) = watch::channel(0_u64);
-        let mut store = LogStore::<TestConfig>::open(engine.clone())
-            .unwrap()
-            .with_purge_guard(guard);
+        let mut store =
+            LogStore::<TestConfig>::open(engine.clone()).unwrap().with_purge_guard(guard);
         let log = engine.open_tree(LOG_TREE).unwrap();
         for index in 1..=10 {
             let entry = openraft::Entry::<TestConfig> {
                 log_id: log_id(index),
                 payload: EntryPayload::Blank,
             };
-            log.insert(&index_key(index), &codec::encode(&entry))
-                .unwrap();
+            log.insert(&index_key(index), &codec::encode(&entry)).unwrap();
         }
 
         let mut purging = store.clone();
         let purge = tokio::spawn(async move { purging.purge(log_id(5)).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            !purge.is_finished(),
-            "purged before the state machine applied index 5"
-        );
+        assert!(!purge.is_finished(), "purged before the state machine applied index 5");
         assert_eq!(store.try_get_log_entries(1..=10).await.unwrap().len(), 10);
 
         applied.send_replace(6); // index 5 applied

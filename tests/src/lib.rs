@@ -21,9 +21,8 @@ pub fn shoal_binary() -> &'static Path {
         if let Some(path) = std::env::var_os("SHOAL_BIN") {
             return PathBuf::from(path);
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ has a parent");
+        let workspace =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
@@ -107,10 +106,7 @@ impl TestNode {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
+        let log = File::options().create(true).append(true).open(&self.log_path)?;
         let child = Command::new(shoal_binary())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -142,10 +138,7 @@ impl TestNode {
             async move { Ok(request.await?.status() == 200) }
         })
         .await;
-        if let Some(status) = self
-            .child
-            .as_mut()
-            .and_then(|child| child.try_wait().ok().flatten())
+        if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
         {
             bail!("shoal exited with {status}; log:\n{}", self.log());
         }
@@ -176,4 +169,61 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// One Server-Sent Event as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// Reads the SSE stream at `url` (resuming after `last_event_id`) until it ends or
+/// `limit` events have arrived; returns the status and the events.
+pub async fn read_sse(
+    url: &str,
+    last_event_id: Option<&str>,
+    limit: usize,
+    deadline: Duration,
+) -> anyhow::Result<(u16, Vec<SseEvent>)> {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let read = async {
+        let mut response = request.send().await?;
+        let status = response.status().as_u16();
+        let mut buffer = String::new();
+        let mut events = Vec::new();
+        while events.len() < limit {
+            let Some(chunk) = response.chunk().await? else {
+                break;
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = SseEvent { id: None, event: "message".into(), data: String::new() };
+                let mut is_comment_only = true;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        event.id = Some(value.trim().to_string());
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event.event = value.trim().to_string();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        event.data.push_str(value.trim_start());
+                    } else {
+                        continue;
+                    }
+                    is_comment_only = false;
+                }
+                if !is_comment_only {
+                    events.push(event);
+                }
+            }
+        }
+        anyhow::Ok((status, events))
+    };
+    tokio::time::timeout(deadline, read).await.context("the SSE stream did not end in time")?
 }

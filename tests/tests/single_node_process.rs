@@ -23,21 +23,10 @@ async fn every_session_endpoint_over_http() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
 
     let log = node.log();
-    let start_line = log
-        .lines()
-        .find(|line| line.contains("shoal node started"))
-        .expect("start line");
-    for field in [
-        "instance_id=",
-        "node_id=",
-        "mode=\"cluster\"",
-        "data_dir=",
-        "addr=127.0.0.1:",
-    ] {
-        assert!(
-            start_line.contains(field),
-            "start line lacks {field}: {start_line}"
-        );
+    let start_line =
+        log.lines().find(|line| line.contains("shoal node started")).expect("start line");
+    for field in ["instance_id=", "node_id=", "mode=\"cluster\"", "data_dir=", "addr=127.0.0.1:"] {
+        assert!(start_line.contains(field), "start line lacks {field}: {start_line}");
     }
 
     let created = http
@@ -62,36 +51,18 @@ async fn every_session_endpoint_over_http() -> anyhow::Result<()> {
     assert_eq!(by_cookie.status(), StatusCode::OK);
     assert_eq!(json_of(by_cookie).await["id"], id.as_str());
 
-    let patched = http
-        .patch(&uri)
-        .header(header::IF_MATCH, "\"1\"")
-        .body(r#"{"cart":[3]}"#)
-        .send()
-        .await?;
+    let patched =
+        http.patch(&uri).header(header::IF_MATCH, "\"1\"").body(r#"{"cart":[3]}"#).send().await?;
     assert_eq!(patched.status(), StatusCode::OK);
-    assert_eq!(
-        json_of(patched).await["data"],
-        json!({"user": "ana", "cart": [3]})
-    );
-    let conflict = http
-        .patch(&uri)
-        .header(header::IF_MATCH, "\"1\"")
-        .body(r#"{"x":1}"#)
-        .send()
-        .await?;
+    assert_eq!(json_of(patched).await["data"], json!({"user": "ana", "cart": [3]}));
+    let conflict =
+        http.patch(&uri).header(header::IF_MATCH, "\"1\"").body(r#"{"x":1}"#).send().await?;
     assert_eq!(conflict.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(json_of(conflict).await["error"], "version_mismatch");
 
-    let replaced = http
-        .put(&uri)
-        .json(&json!({"data": {"v": 3}}))
-        .send()
-        .await?;
+    let replaced = http.put(&uri).json(&json!({"data": {"v": 3}})).send().await?;
     assert_eq!(json_of(replaced).await["version"], 3);
-    assert_eq!(
-        http.delete(&uri).send().await?.status(),
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(http.delete(&uri).send().await?.status(), StatusCode::NO_CONTENT);
     let gone = http.get(&uri).send().await?;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert_eq!(json_of(gone).await["error"], "session_not_found");
@@ -135,10 +106,7 @@ async fn acknowledged_writes_survive_sigkill() -> anyhow::Result<()> {
     node.restart()?;
     node.wait_ready(READY).await?;
     let log = node.log();
-    assert!(
-        log.contains("recovered raft state"),
-        "restart did not recover:\n{log}"
-    );
+    assert!(log.contains("recovered raft state"), "restart did not recover:\n{log}");
     assert_eq!(
         log.matches("initialized a new single-node cluster").count(),
         1,
@@ -176,36 +144,20 @@ async fn a_one_second_ttl_expires() -> anyhow::Result<()> {
     let mut node = TestNode::start(&dir.path().join("n1"), FAST_RAFT_ARGS)?;
     node.wait_ready(READY).await?;
     let http = reqwest::Client::new();
-    let created = json_of(
-        http.post(node.url("/api/sessions"))
-            .json(&json!({"ttl_secs": 1}))
-            .send()
-            .await?,
-    )
-    .await;
-    let uri = node.url(&format!(
-        "/api/sessions/{}",
-        created["id"].as_str().unwrap()
-    ));
+    let created =
+        json_of(http.post(node.url("/api/sessions")).json(&json!({"ttl_secs": 1})).send().await?)
+            .await;
+    let uri = node.url(&format!("/api/sessions/{}", created["id"].as_str().unwrap()));
     let started = std::time::Instant::now();
 
     // /metrics does not touch the session, so watching it lets the TTL run out.
     let metrics_url = node.url("/metrics");
-    wait_until(
-        "the expiry removes the session",
-        Duration::from_secs(10),
-        || {
-            let request = http.get(&metrics_url).send();
-            async move {
-                Ok(request
-                    .await?
-                    .text()
-                    .await?
-                    .lines()
-                    .any(|line| line == "shoal_sessions_live 0"))
-            }
-        },
-    )
+    wait_until("the expiry removes the session", Duration::from_secs(10), || {
+        let request = http.get(&metrics_url).send();
+        async move {
+            Ok(request.await?.text().await?.lines().any(|line| line == "shoal_sessions_live 0"))
+        }
+    })
     .await?;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
@@ -233,9 +185,7 @@ async fn cli_help_and_refusals() -> anyhow::Result<()> {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 
-    let bad = Command::new(shoal_binary())
-        .args(["--session-ttl", "0"])
-        .output()?;
+    let bad = Command::new(shoal_binary()).args(["--session-ttl", "0"]).output()?;
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8(bad.stderr)?.contains("--session-ttl"));
 
@@ -249,9 +199,6 @@ async fn cli_help_and_refusals() -> anyhow::Result<()> {
         .output()?;
     assert!(!second.status.success());
     let stderr = String::from_utf8(second.stderr)?;
-    assert!(
-        stderr.contains("another node using this data dir"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("another node using this data dir"), "{stderr}");
     Ok(())
 }

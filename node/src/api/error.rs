@@ -19,12 +19,7 @@ pub struct ApiError {
 impl ApiError {
     /// Returns an error with `status`, machine-readable `code` and a message for people.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { status, code, message: message.into(), retry_after_secs: None }
     }
 
     /// 400: the request is malformed.
@@ -74,6 +69,12 @@ impl From<Rejection> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
             Rejection::NotAnObject => Self::unprocessable(message),
+            Rejection::ProgressNotFound => Self::not_found("not_found", message),
+            Rejection::ProgressFinished => Self::new(StatusCode::CONFLICT, "finished", message),
+            Rejection::StaleAttempt { .. } => {
+                Self::new(StatusCode::CONFLICT, "stale_attempt", message)
+            }
+            Rejection::UnknownPart => Self::unprocessable(message),
         }
     }
 }
@@ -82,10 +83,9 @@ impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
         match error {
             ClusterError::Rejected(rejection) => rejection.into(),
-            ClusterError::NoLeader => Self::unavailable(
-                "no_leader",
-                "the cluster has no leader right now; retry shortly",
-            ),
+            ClusterError::NoLeader => {
+                Self::unavailable("no_leader", "the cluster has no leader right now; retry shortly")
+            }
             ClusterError::NotLeader { leader_id, .. } => Self::unavailable(
                 "not_leader",
                 format!("node {leader_id} leads the cluster; retry shortly"),
@@ -107,9 +107,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": self.code, "message": self.message }));
         let mut response = (self.status, body).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -51,6 +51,7 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
             "commit_index": status.committed_index,
             "last_applied": status.last_applied_index,
         },
+        "thread_pool_stats": app.searches.pool_stats(),
     }))
 }
 
@@ -58,26 +59,14 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
 /// by a quorum round), else 503: what a load balancer's health check needs.
 async fn ready(State(app): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     if app.cluster.status().leader_id.is_none() {
-        return Err(ApiError::unavailable(
-            "no_leader",
-            "the cluster has no leader right now",
-        ));
+        return Err(ApiError::unavailable("no_leader", "the cluster has no leader right now"));
     }
     app.cluster.read_barrier().await?;
-    Ok(Json(
-        json!({ "status": "ready", "node_id": app.cluster.node_id() }),
-    ))
+    Ok(Json(json!({ "status": "ready", "node_id": app.cluster.node_id() })))
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let body = crate::metrics::render(&app.metrics, &app.cluster);
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
+    let body = crate::metrics::render(&app.metrics, &app.cluster, app.searches.pool_stats());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
         .into_response()
 }

@@ -3,7 +3,10 @@
 mod error;
 mod health;
 mod json;
+mod progress;
+mod searches;
 mod sessions;
+mod trackers;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -15,6 +18,9 @@ pub use error::{ApiError, ApiResult};
 use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
 use shoal_raft::{Cluster, Toucher};
+
+use crate::jobs::Searches;
+use crate::sse::Hub;
 
 use crate::config::Config;
 
@@ -29,6 +35,8 @@ pub struct NodeContext {
     pub config: Config,
     pub instance_id: String,
     pub metrics: PrometheusHandle,
+    pub hub: Arc<Hub>,
+    pub searches: Arc<Searches>,
 }
 
 /// Cheaply clonable handle on the [`NodeContext`].
@@ -51,6 +59,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(sessions::routes())
+        .merge(searches::routes())
+        .merge(trackers::routes())
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see README.md for the API")
         })

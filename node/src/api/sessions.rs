@@ -24,10 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/sessions", post(create_session))
         .route(
             "/api/sessions/{id}",
-            get(get_session)
-                .patch(patch_session)
-                .put(put_session)
-                .delete(delete_session),
+            get(get_session).patch(patch_session).put(put_session).delete(delete_session),
         )
         .route("/api/session", get(get_cookie_session))
 }
@@ -61,10 +58,7 @@ fn new_session_id() -> String {
 }
 
 fn is_session_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    id.len() == 32 && id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn checked_id(id: &str) -> ApiResult<&str> {
@@ -83,11 +77,7 @@ fn data_text(data: Option<Value>, max_bytes: u64) -> ApiResult<String> {
         Some(_) => return Err(ApiError::unprocessable("`data` must be a JSON object")),
     };
     if data.len() as u64 > max_bytes {
-        return Err(Rejection::TooLarge {
-            size: data.len() as u64,
-            limit: max_bytes,
-        }
-        .into());
+        return Err(Rejection::TooLarge { size: data.len() as u64, limit: max_bytes }.into());
     }
     Ok(data)
 }
@@ -107,10 +97,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     if text == "*" {
         return Ok(None);
     }
-    let unquoted = text
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .unwrap_or(text);
+    let unquoted = text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')).unwrap_or(text);
     unquoted.parse().map(Some).map_err(|_| invalid())
 }
 
@@ -149,9 +136,7 @@ fn session_response(status: StatusCode, id: &str, record: &SessionRecord) -> Api
 fn written_session(response: shoal_raft::Response) -> ApiResult<(String, SessionRecord)> {
     match response {
         shoal_raft::Response::Session { id, record } => Ok((id, record)),
-        other => Err(ApiError::internal(format!(
-            "a session write answered {other:?}"
-        ))),
+        other => Err(ApiError::internal(format!("a session write answered {other:?}"))),
     }
 }
 
@@ -169,11 +154,7 @@ async fn create_session(
             )))
         }
     };
-    let command = Command::CreateSession {
-        id: new_session_id(),
-        data,
-        ttl_ms: ttl_secs * 1000,
-    };
+    let command = Command::CreateSession { id: new_session_id(), data, ttl_ms: ttl_secs * 1000 };
     let (id, record) = written_session(app.cluster.write(command).await?)?;
     let mut response = session_response(StatusCode::CREATED, &id, &record)?;
     let headers = response.headers_mut();
@@ -207,10 +188,7 @@ async fn get_cookie_session(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = cookie_session_id(&headers).ok_or_else(|| {
-        ApiError::not_found(
-            "no_session",
-            format!("the request has no {SESSION_COOKIE} cookie"),
-        )
+        ApiError::not_found("no_session", format!("the request has no {SESSION_COOKIE} cookie"))
     })?;
     let id = checked_id(id)?;
     let record = read_session(&app, id).await?;
@@ -249,13 +227,7 @@ async fn patch_session(
             "a merge patch of `data` must be a JSON object (data must stay an object)",
         ));
     }
-    update_session(
-        &app,
-        id,
-        &headers,
-        SessionChange::MergePatch(patch.to_string()),
-    )
-    .await
+    update_session(&app, id, &headers, SessionChange::MergePatch(patch.to_string())).await
 }
 
 async fn put_session(
@@ -275,16 +247,11 @@ async fn delete_session(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = checked_id(&id)?;
-    let command = Command::DeleteSession {
-        id: id.to_string(),
-        if_version: if_match(&headers)?,
-    };
+    let command = Command::DeleteSession { id: id.to_string(), if_version: if_match(&headers)? };
     app.cluster.write(command).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if cookie_session_id(&headers) == Some(id) {
-        response
-            .headers_mut()
-            .insert(header::SET_COOKIE, session_cookie("", 0));
+        response.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0));
     }
     Ok(response)
 }
@@ -311,19 +278,13 @@ mod tests {
             assert_eq!(if_match(&headers), Ok(expected), "{text}");
         }
         headers.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
-        assert_eq!(
-            if_match(&headers).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(if_match(&headers).unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
     fn finds_the_session_cookie_among_others() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; shoal_session=abc ; b=2"),
-        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; shoal_session=abc ; b=2"));
         assert_eq!(cookie_session_id(&headers), Some("abc"));
     }
 }

@@ -18,10 +18,7 @@ impl SledEngine {
     pub fn open(path: &Path) -> Result<Self> {
         // shoal fsyncs explicitly before acknowledging (see `Engine::flush`), so sled's
         // periodic background flush only bounds how much unacknowledged work a crash loses.
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = sled::Config::new().path(path).flush_every_ms(Some(1000)).open()?;
         Ok(Self { db })
     }
 
@@ -34,9 +31,7 @@ impl SledEngine {
 
 impl Engine for SledEngine {
     fn open_tree(&self, name: &str) -> Result<Arc<dyn Tree>> {
-        Ok(Arc::new(SledTree {
-            tree: self.db.open_tree(name)?,
-        }))
+        Ok(Arc::new(SledTree { tree: self.db.open_tree(name)? }))
     }
 
     fn flush(&self) -> Result<()> {
@@ -103,10 +98,7 @@ impl Tree for SledTree {
     }
 
     fn last(&self) -> Result<Option<KeyValue>> {
-        Ok(self
-            .tree
-            .last()?
-            .map(|(key, value)| (key.to_vec(), value.to_vec())))
+        Ok(self.tree.last()?.map(|(key, value)| (key.to_vec(), value.to_vec())))
     }
 
     fn clear(&self) -> Result<()> {

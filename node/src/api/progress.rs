@@ -1,0 +1,222 @@
+//! What searches and trackers share: the state view and the SSE event stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use shoal_raft::{unix_millis, ProgressRecord, Rejection};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::sse::ProgressEvent;
+use crate::time::rfc3339_millis;
+
+/// How often a stream without a local topic re-reads the replicated record.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Returns the API view of progress record `id` (DESIGN §6).
+pub fn view(id: &str, record: &ProgressRecord) -> Value {
+    let parts: Map<String, Value> = record
+        .parts
+        .iter()
+        .map(|part| {
+            let state = json!({ "status": part.status.as_str(), "pages": part.pages, "records": part.records });
+            (part.name.clone(), state)
+        })
+        .collect();
+    let parse = |text: &Option<String>| {
+        text.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok())
+    };
+    let mut view = json!({
+        "id": id,
+        "kind": record.kind,
+        "status": record.status.as_str(),
+        "owner": record.owner,
+        "attempt": record.attempt,
+        "created_at": rfc3339_millis(record.created_at_ms),
+        "updated_at": rfc3339_millis(record.updated_at_ms),
+        "total_parts": record.total_parts,
+        "completed_parts": record.completed_parts(),
+        "parts": parts,
+        "result": parse(&record.result),
+        "error": record.error,
+    });
+    if record.kind == "tracker" {
+        view["params"] = parse(&Some(record.params.clone())).unwrap_or(Value::Null);
+    }
+    view
+}
+
+/// Reads record `id` linearizably.
+pub async fn read(app: &AppState, id: &str) -> ApiResult<ProgressRecord> {
+    app.cluster.read_barrier().await?;
+    app.cluster
+        .reader()
+        .progress(id, unix_millis())
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::from(Rejection::ProgressNotFound))
+}
+
+fn parse_last_event_id(headers: &HeaderMap) -> Option<(u32, u64)> {
+    let text = headers.get("last-event-id")?.to_str().ok()?;
+    let (attempt, seq) = text.trim().split_once(':')?;
+    Some((attempt.parse().ok()?, seq.parse().ok()?))
+}
+
+fn sse_event(event: &ProgressEvent) -> Event {
+    Event::default().id(event.id()).event(event.kind).data(event.data.to_string())
+}
+
+fn snapshot_event(id: &str, attempt: u32, seq: u64, record: &ProgressRecord) -> Event {
+    Event::default()
+        .id(format!("{attempt}:{seq}"))
+        .event("snapshot")
+        .retry(Duration::from_millis(2000))
+        .data(view(id, record).to_string())
+}
+
+fn terminal_from_record(record: &ProgressRecord) -> Event {
+    let data = json!({
+        "status": record.status.as_str(),
+        "result": record.result.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok()),
+        "error": record.error,
+    });
+    Event::default()
+        .id(format!("{}:{}", record.attempt, record.last_seq))
+        .event(record.status.as_str())
+        .data(data.to_string())
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+/// The stream of a finished record: its snapshot and terminal event, or `None` when the
+/// client's `Last-Event-ID` shows it saw the end (answered 204, which tells EventSource
+/// to stop reconnecting).
+fn finished_events(
+    id: &str,
+    record: &ProgressRecord,
+    resume: Option<(u32, u64)>,
+) -> Option<EventStream> {
+    if resume.is_some_and(|(_, seq)| seq >= record.last_seq) {
+        return None;
+    }
+    let events = [
+        snapshot_event(id, record.attempt, record.last_seq.saturating_sub(1), record),
+        terminal_from_record(record),
+    ];
+    Some(Box::pin(stream::iter(events)))
+}
+
+/// `GET …/{id}/events`: a `snapshot` (unless resuming), the events after it, one
+/// terminal event, then the stream ends. `Last-Event-ID: <attempt>:<seq>` resumes.
+pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<Response> {
+    let record = read(&app, &id).await?;
+    let resume = parse_last_event_id(&headers).filter(|(attempt, _)| *attempt == record.attempt);
+    let topic = app.hub.get(&id).filter(|topic| topic.attempt == record.attempt);
+    let events: EventStream = match topic {
+        Some(topic) => {
+            let reader = app.cluster.reader().clone();
+            let subscription = topic
+                .subscribe(resume.map(|(_, seq)| seq), || reader.progress(&id, unix_millis()))
+                .await;
+            let record = match subscription.state {
+                Ok(Some(record)) => record,
+                Ok(None) => return Err(Rejection::ProgressNotFound.into()),
+                Err(error) => return Err(ApiError::internal(error)),
+            };
+            let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
+            if subscription.finished && !replay_done {
+                // Ended before this request: answer from the record, like any node would.
+                match finished_events(&id, &record, resume) {
+                    Some(events) => events,
+                    None => return Ok(StatusCode::NO_CONTENT.into_response()),
+                }
+            } else {
+                let head = resume
+                    .is_none()
+                    .then(|| snapshot_event(&id, topic.attempt, subscription.seq, &record));
+                let last_seen =
+                    subscription.replay.last().map_or(subscription.seq, |event| event.seq);
+                let replay: Vec<Event> = subscription.replay.iter().map(|e| sse_event(e)).collect();
+                let live = live_events(topic, subscription.live, last_seen, replay_done);
+                Box::pin(stream::iter(head).chain(stream::iter(replay)).chain(live))
+            }
+        }
+        None if record.status.is_terminal() => match finished_events(&id, &record, resume) {
+            Some(events) => events,
+            None => return Ok(StatusCode::NO_CONTENT.into_response()),
+        },
+        None => {
+            // Nobody here publishes this record's events: follow its replicated state.
+            let head = snapshot_event(&id, record.attempt, record.last_seq, &record);
+            Box::pin(stream::iter([head]).chain(poll_until_terminal(app.clone(), id.clone())))
+        }
+    };
+    let stream = events.map(Ok::<_, Infallible>);
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(app.config.sse_keep_alive))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// The live events after `last_seen`, ending after the terminal one.
+fn live_events(
+    topic: Arc<crate::sse::Topic>,
+    receiver: tokio::sync::broadcast::Receiver<Arc<ProgressEvent>>,
+    last_seen: u64,
+    done: bool,
+) -> impl Stream<Item = Event> + Send {
+    stream::unfold(
+        (topic, receiver, last_seen, done, Vec::<Arc<ProgressEvent>>::new()),
+        |state| async move {
+            let (topic, mut receiver, mut last_seen, done, mut backlog) = state;
+            loop {
+                if done && backlog.is_empty() {
+                    return None;
+                }
+                if !backlog.is_empty() {
+                    let event = backlog.remove(0);
+                    last_seen = event.seq;
+                    let finished = event.is_terminal();
+                    return Some((
+                        sse_event(&event),
+                        (topic, receiver, last_seen, finished, backlog),
+                    ));
+                }
+                match receiver.recv().await {
+                    Ok(event) if event.seq <= last_seen => continue,
+                    Ok(event) => backlog.push(event),
+                    // Fell behind the live buffer: catch up from the topic's history.
+                    Err(RecvError::Lagged(_)) => backlog = topic.since(last_seen).await,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    )
+}
+
+/// Re-reads the replicated record until it is terminal, then yields its terminal event.
+fn poll_until_terminal(app: AppState, id: String) -> impl Stream<Item = Event> + Send {
+    stream::once(async move {
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            match app.cluster.reader().progress(&id, unix_millis()) {
+                Ok(Some(record)) if record.status.is_terminal() => {
+                    return Some(terminal_from_record(&record))
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+    .filter_map(|event| async move { event })
+}

@@ -1,0 +1,160 @@
+//! Trackers: the progress machinery of searches for workers outside shoal. A backend in
+//! any language creates a tracker, posts its events, and browsers follow them over SSE.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_raft::{
+    ClusterError, Command, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate,
+    Rejection,
+};
+
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::progress::{self, view};
+use super::AppState;
+
+const MAX_LABEL_CHARS: usize = 200;
+const MAX_TOTAL: u32 = 1_000_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/trackers", post(create_tracker))
+        .route("/api/trackers/{id}", get(get_tracker))
+        .route("/api/trackers/{id}/events", get(tracker_events).post(post_event))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTracker {
+    total: u32,
+    #[serde(default)]
+    label: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackerEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+async fn create_tracker(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<CreateTracker>,
+) -> ApiResult<Response> {
+    if body.total == 0 || body.total > MAX_TOTAL {
+        return Err(ApiError::unprocessable(format!("total: must be 1 to {MAX_TOTAL}")));
+    }
+    if body.label.chars().count() > MAX_LABEL_CHARS {
+        return Err(ApiError::unprocessable(format!(
+            "label: at most {MAX_LABEL_CHARS} characters"
+        )));
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let record = ProgressRecord {
+        kind: "tracker".to_string(),
+        params: json!({ "label": body.label, "total": body.total }).to_string(),
+        status: ProgressStatus::Running,
+        owner: app.cluster.node_id(),
+        attempt: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        total_parts: body.total,
+        parts: Vec::new(),
+        result: None,
+        error: None,
+        last_seq: 0,
+        ttl_ms: app.config.progress_ttl.as_millis() as u64,
+        expires_at_ms: 0,
+    };
+    app.hub.open(&id, 1, 0);
+    let record = crate::jobs::create(&app.cluster, &id, record).await?;
+    tracing::info!(tracker_id = %id, total = body.total, "created progress tracker: {id} ({} parts) [mode: cluster]", body.total);
+    let mut view = view(&id, &record);
+    view["events_url"] = json!(format!("/api/trackers/{id}/events"));
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn get_tracker(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let record = progress::read(&app, &id).await?;
+    if record.kind != "tracker" {
+        return Err(Rejection::ProgressNotFound.into());
+    }
+    Ok(Json(view(&id, &record)))
+}
+
+async fn tracker_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    progress::events(app, id, headers).await
+}
+
+async fn post_event(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(event): JsonBody<TrackerEvent>,
+) -> ApiResult<Response> {
+    let record = progress::read(&app, &id).await?;
+    if record.kind != "tracker" {
+        return Err(Rejection::ProgressNotFound.into());
+    }
+    if record.status.is_terminal() {
+        return Err(Rejection::ProgressFinished.into());
+    }
+    let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
+    let (status, kind) = match event.kind.as_str() {
+        "progress" => {
+            let seq = topic.publish("progress", event.data).await;
+            return Ok(
+                (StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response()
+            );
+        }
+        "completed" => (ProgressStatus::Completed, "completed"),
+        "failed" => (ProgressStatus::Failed, "failed"),
+        other => {
+            return Err(ApiError::unprocessable(format!(
+                "type: {other:?} is not one of progress, completed, failed"
+            )))
+        }
+    };
+    let data = event.data;
+    let (result, error) = match status {
+        ProgressStatus::Completed => (Some(data.to_string()), None),
+        _ => (
+            None,
+            Some(
+                data.get("error")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| data.to_string(), str::to_string),
+            ),
+        ),
+    };
+    let cluster = app.cluster.clone();
+    let attempt = record.attempt;
+    let event_id = id.clone();
+    let seq = topic
+        .publish_durable(kind, |seq| async move {
+            let update = ProgressUpdate::Finished { status, result, error: error.clone() };
+            let command = ProgressCommand::Update { id: event_id, attempt, seq, update };
+            cluster.write(Command::Progress(command)).await?;
+            Ok::<_, ClusterError>(
+                json!({ "status": status.as_str(), "result": data, "error": error }),
+            )
+        })
+        .await?;
+    app.hub.retire(&id, std::time::Duration::from_secs(120));
+    Ok((StatusCode::OK, Json(json!({ "id": id, "seq": seq, "status": status.as_str() })))
+        .into_response())
+}

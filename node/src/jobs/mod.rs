@@ -1,0 +1,306 @@
+//! Searches: validation, the shared worker pool, the sources, and the runner that
+//! records milestones through Raft and publishes events to the local hub.
+
+mod params;
+mod pool;
+mod sample;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use params::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
+pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
+use serde_json::{json, Value};
+use shoal_raft::{
+    Cluster, ClusterError, Command, NodeId, PartState, ProgressCommand, ProgressRecord,
+    ProgressStatus, ProgressUpdate, Response,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::sse::{Hub, Topic};
+
+/// The sources this build can search.
+pub const SOURCES: &[&str] = &["sample"];
+
+/// How long a finished search's events stay in memory for reconnecting clients.
+const TOPIC_LINGER: Duration = Duration::from_secs(120);
+
+/// Why a search could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// Settings of the runner.
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    pub progress_ttl: Duration,
+    pub sample_page_delay: Duration,
+}
+
+/// Starts, runs and cancels the searches owned by this node.
+#[derive(Debug)]
+pub struct Searches {
+    cluster: Cluster,
+    hub: Arc<Hub>,
+    pool: WorkerPool,
+    settings: SearchSettings,
+    cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+/// How one part ended.
+enum PartOutcome {
+    Done { records: u64 },
+    Failed(String),
+    Cancelled,
+}
+
+impl Searches {
+    /// Returns a runner on `pool` that publishes to `hub`.
+    pub fn new(
+        cluster: Cluster,
+        hub: Arc<Hub>,
+        pool: WorkerPool,
+        settings: SearchSettings,
+    ) -> Self {
+        Self { cluster, hub, pool, settings, cancels: Mutex::default() }
+    }
+
+    /// Returns the pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.cluster.node_id()
+    }
+
+    /// Records a new search through Raft and queues one job per UF; answers once the
+    /// search is durable. A full queue refuses the whole search.
+    pub async fn start(
+        self: &Arc<Self>,
+        params: SearchParams,
+    ) -> Result<(String, ProgressRecord), StartError> {
+        let reservation = self.pool.reserve(params.ufs.len())?;
+        let id = format!("{:032x}", rand::random::<u128>());
+        let parts = params
+            .ufs
+            .iter()
+            .map(|uf| PartState {
+                name: uf.clone(),
+                status: ProgressStatus::Queued,
+                pages: 0,
+                records: 0,
+            })
+            .collect();
+        let record = ProgressRecord {
+            kind: "search".to_string(),
+            params: serde_json::to_string(&params).expect("params serialize"),
+            status: ProgressStatus::Queued,
+            owner: self.node_id(),
+            attempt: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            total_parts: params.ufs.len() as u32,
+            parts,
+            result: None,
+            error: None,
+            last_seq: 0,
+            ttl_ms: self.settings.progress_ttl.as_millis() as u64,
+            expires_at_ms: 0,
+        };
+        let topic = self.hub.open(&id, 1, 0);
+        let record = create(&self.cluster, &id, record).await?;
+        tracing::info!(
+            search_id = %id,
+            ufs = params.ufs.len(),
+            mode = "cluster",
+            "created progress tracker: {id} ({} UFs) [mode: cluster]",
+            params.ufs.len()
+        );
+        let (cancel, cancelled) = watch::channel(false);
+        self.cancels.lock().expect("cancels lock").insert(id.clone(), cancel);
+        tokio::spawn(self.clone().run(id.clone(), params, topic, reservation, cancelled));
+        Ok((id, record))
+    }
+
+    /// Asks running search `id` to stop; returns false if this node does not run it.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.cancels.lock().expect("cancels lock").get(id) {
+            Some(cancel) => {
+                cancel.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        id: String,
+        params: SearchParams,
+        topic: Arc<Topic>,
+        mut reservation: Reservation,
+        cancelled: watch::Receiver<bool>,
+    ) {
+        let attempt = topic.attempt;
+        let started = Command::Progress(ProgressCommand::Update {
+            id: id.clone(),
+            attempt,
+            seq: 0,
+            update: ProgressUpdate::Started,
+        });
+        if let Err(error) = self.cluster.write(started).await {
+            tracing::warn!(search_id = %id, %error, "recording the start of a search failed");
+        }
+        let keywords: Vec<String> =
+            params.keywords.iter().map(|keyword| sample::fold(keyword)).collect();
+        let (outcomes, mut finished) = mpsc::unbounded_channel();
+        for uf in &params.ufs {
+            let job = PartJob {
+                cluster: self.cluster.clone(),
+                topic: topic.clone(),
+                id: id.clone(),
+                uf: uf.clone(),
+                first_day: params.first_day(),
+                last_day: params.last_day(),
+                keywords: keywords.clone(),
+                page_delay: self.settings.sample_page_delay,
+                cancelled: cancelled.clone(),
+            };
+            let outcomes = outcomes.clone();
+            self.pool.submit(&mut reservation, async move {
+                let outcome = job.run().await;
+                let succeeded = !matches!(outcome, PartOutcome::Failed(_));
+                let _ = outcomes.send(outcome);
+                succeeded
+            });
+        }
+        drop(outcomes);
+
+        let (mut total_records, mut failure, mut was_cancelled) = (0_u64, None, false);
+        while let Some(outcome) = finished.recv().await {
+            match outcome {
+                PartOutcome::Done { records } => total_records += records,
+                PartOutcome::Failed(error) => failure = failure.or(Some(error)),
+                PartOutcome::Cancelled => was_cancelled = true,
+            }
+        }
+        let (status, kind, result, error) = if was_cancelled || *cancelled.borrow() {
+            (ProgressStatus::Cancelled, "cancelled", None, None)
+        } else if let Some(error) = failure {
+            (ProgressStatus::Failed, "failed", None, Some(error))
+        } else {
+            let result = json!({ "total_records": total_records, "download": null });
+            (ProgressStatus::Completed, "completed", Some(result), None)
+        };
+        let finish = topic
+            .publish_durable(kind, |seq| {
+                let update = ProgressUpdate::Finished {
+                    status,
+                    result: result.as_ref().map(Value::to_string),
+                    error: error.clone(),
+                };
+                let cluster = self.cluster.clone();
+                let id = id.clone();
+                async move {
+                    let command = ProgressCommand::Update { id, attempt, seq, update };
+                    cluster.write(Command::Progress(command)).await?;
+                    Ok::<_, ClusterError>(
+                        json!({ "status": status.as_str(), "result": result, "error": error }),
+                    )
+                }
+            })
+            .await;
+        match finish {
+            Ok(_) => {
+                tracing::info!(search_id = %id, status = status.as_str(), total_records, "search finished")
+            }
+            Err(error) => {
+                tracing::error!(search_id = %id, %error, "recording the end of a search failed")
+            }
+        }
+        self.cancels.lock().expect("cancels lock").remove(&id);
+        self.hub.retire(&id, TOPIC_LINGER);
+    }
+}
+
+/// Writes `record` as new progress record `id`.
+pub async fn create(
+    cluster: &Cluster,
+    id: &str,
+    record: ProgressRecord,
+) -> Result<ProgressRecord, ClusterError> {
+    let command = ProgressCommand::Create { id: id.to_string(), record };
+    match cluster.write(Command::Progress(command)).await? {
+        Response::Progress { record, .. } => Ok(record),
+        other => Err(ClusterError::Raft(format!("creating progress answered {other:?}"))),
+    }
+}
+
+/// One UF of one search.
+struct PartJob {
+    cluster: Cluster,
+    topic: Arc<Topic>,
+    id: String,
+    uf: String,
+    first_day: i64,
+    last_day: i64,
+    keywords: Vec<String>,
+    page_delay: Duration,
+    cancelled: watch::Receiver<bool>,
+}
+
+impl PartJob {
+    async fn run(mut self) -> PartOutcome {
+        let total = sample::total_notices(&self.uf, self.first_day, self.last_day);
+        let pages = total.div_ceil(sample::PAGE_SIZE).max(1);
+        let mut records = 0_u64;
+        for page in 1..=pages {
+            tokio::select! {
+                _ = tokio::time::sleep(self.page_delay) => {}
+                _ = self.cancelled.wait_for(|cancelled| *cancelled) => return PartOutcome::Cancelled,
+            }
+            let notices = sample::page(&self.uf, self.first_day, self.last_day, page);
+            records +=
+                notices.iter().filter(|notice| sample::matches(notice, &self.keywords)).count()
+                    as u64;
+            let data = json!({ "uf": self.uf, "page": page, "pages": pages, "records": records });
+            self.topic.publish("progress", data).await;
+        }
+        let (cluster, id, uf, attempt) = (&self.cluster, &self.id, &self.uf, self.topic.attempt);
+        let recorded = self
+            .topic
+            .publish_durable("part_completed", |seq| async move {
+                let update = ProgressUpdate::PartCompleted {
+                    part: uf.clone(),
+                    pages: pages as u32,
+                    records,
+                };
+                let command = ProgressCommand::Update { id: id.clone(), attempt, seq, update };
+                let response = cluster.write(Command::Progress(command)).await?;
+                let (completed_parts, total_parts) = match &response {
+                    Response::Progress { record, .. } => {
+                        (record.completed_parts(), record.total_parts)
+                    }
+                    _ => (0, 0),
+                };
+                Ok::<_, ClusterError>(json!({
+                    "uf": uf,
+                    "pages": pages,
+                    "records": records,
+                    "completed_parts": completed_parts,
+                    "total_parts": total_parts,
+                }))
+            })
+            .await;
+        match recorded {
+            Ok(_) => PartOutcome::Done { records },
+            Err(error) => PartOutcome::Failed(format!("part {uf}: {error}")),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The local event hub: one [`Topic`] per search or tracker this node runs.
+//!
+//! Contract: a topic numbers its events 1, 2, 3… and publishes them in that order, under
+//! one lock; a subscriber takes its replay and its live receiver under the same lock, so
+//! it sees every event after its resume point exactly once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Live events a slow subscriber may fall behind by before it re-reads the history.
+const LIVE_BUFFER: usize = 256;
+
+/// One event of a search or tracker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressEvent {
+    pub attempt: u32,
+    pub seq: u64,
+    /// `progress`, `part_completed`, `completed`, `failed` or `cancelled`.
+    pub kind: &'static str,
+    pub data: Value,
+}
+
+impl ProgressEvent {
+    /// Returns whether this event ends the stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.kind, "completed" | "failed" | "cancelled")
+    }
+
+    /// Returns the SSE id: `<attempt>:<seq>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.attempt, self.seq)
+    }
+}
+
+/// The events of one attempt of one search or tracker.
+#[derive(Debug)]
+pub struct Topic {
+    pub attempt: u32,
+    log: tokio::sync::Mutex<TopicLog>,
+    live: broadcast::Sender<Arc<ProgressEvent>>,
+}
+
+#[derive(Debug, Default)]
+struct TopicLog {
+    last_seq: u64,
+    history: Vec<Arc<ProgressEvent>>,
+    finished: bool,
+}
+
+/// What a new subscriber gets: the events to replay and a receiver for the rest.
+#[derive(Debug)]
+pub struct Subscription<T> {
+    /// The sequence number the caller's `read` saw the state at.
+    pub seq: u64,
+    /// What `read` returned, taken under the topic's lock.
+    pub state: T,
+    pub replay: Vec<Arc<ProgressEvent>>,
+    pub live: broadcast::Receiver<Arc<ProgressEvent>>,
+    /// Whether the terminal event has been published (in `replay` or before it).
+    pub finished: bool,
+}
+
+impl Topic {
+    fn new(attempt: u32, last_seq: u64) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let log = TopicLog { last_seq, history: Vec::new(), finished: false };
+        Self { attempt, log: tokio::sync::Mutex::new(log), live }
+    }
+
+    /// Publishes an event that is not recorded in Raft (per-page progress).
+    pub async fn publish(&self, kind: &'static str, data: Value) -> u64 {
+        let mut log = self.log.lock().await;
+        self.push(&mut log, kind, data)
+    }
+
+    /// Publishes a milestone after `record(seq)` stored it durably and returned the
+    /// event's data; if that fails, nothing is published and the number is not used.
+    pub async fn publish_durable<F, Fut, E>(&self, kind: &'static str, record: F) -> Result<u64, E>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<Value, E>>,
+    {
+        let mut log = self.log.lock().await;
+        let data = record(log.last_seq + 1).await?;
+        Ok(self.push(&mut log, kind, data))
+    }
+
+    fn push(&self, log: &mut TopicLog, kind: &'static str, data: Value) -> u64 {
+        log.last_seq += 1;
+        let event =
+            Arc::new(ProgressEvent { attempt: self.attempt, seq: log.last_seq, kind, data });
+        log.finished |= event.is_terminal();
+        log.history.push(event.clone());
+        // No receiver is fine: nobody is watching right now.
+        let _ = self.live.send(event);
+        log.last_seq
+    }
+
+    /// Subscribes after event `after` (`None`: from now on, with `read` giving the state
+    /// that the events after it build on).
+    pub async fn subscribe<T>(
+        &self,
+        after: Option<u64>,
+        read: impl FnOnce() -> T,
+    ) -> Subscription<T> {
+        let log = self.log.lock().await;
+        let replay = match after {
+            Some(after) => log.history.iter().filter(|event| event.seq > after).cloned().collect(),
+            None => Vec::new(),
+        };
+        Subscription {
+            seq: log.last_seq,
+            state: read(),
+            replay,
+            live: self.live.subscribe(),
+            finished: log.finished,
+        }
+    }
+
+    /// Returns the events after `after`, for a subscriber that fell behind.
+    pub async fn since(&self, after: u64) -> Vec<Arc<ProgressEvent>> {
+        let log = self.log.lock().await;
+        log.history.iter().filter(|event| event.seq > after).cloned().collect()
+    }
+}
+
+/// The topics of the searches and trackers this node runs.
+#[derive(Debug, Default)]
+pub struct Hub {
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+}
+
+impl Hub {
+    /// Opens the topic of attempt `attempt` of `id`, whose durable record is at `last_seq`.
+    pub fn open(&self, id: &str, attempt: u32, last_seq: u64) -> Arc<Topic> {
+        let topic = Arc::new(Topic::new(attempt, last_seq));
+        self.topics.lock().expect("hub lock").insert(id.to_string(), topic.clone());
+        topic
+    }
+
+    /// Returns the topic of `id`, opening one at the record's point if there is none.
+    pub fn get_or_open(&self, id: &str, attempt: u32, last_seq: u64) -> Arc<Topic> {
+        let mut topics = self.topics.lock().expect("hub lock");
+        topics
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Topic::new(attempt, last_seq)))
+            .clone()
+    }
+
+    /// Returns the topic of `id`, if this node runs it (or ran it recently).
+    pub fn get(&self, id: &str) -> Option<Arc<Topic>> {
+        self.topics.lock().expect("hub lock").get(id).cloned()
+    }
+
+    /// Forgets the topic of `id` after `linger`, so late reconnects can still resume from
+    /// memory; later ones are served from the replicated record.
+    pub fn retire(self: &Arc<Self>, id: &str, linger: Duration) {
+        let hub = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            hub.topics.lock().expect("hub lock").remove(&id);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_see_every_event_after_their_resume_point_once() {
+        let topic = Topic::new(1, 0);
+        for page in 1..=3 {
+            topic.publish("progress", json!({ "page": page })).await;
+        }
+        let fresh = topic.subscribe(None, || "state").await;
+        assert_eq!((fresh.seq, fresh.replay.len()), (3, 0));
+        let mut resumed = topic.subscribe(Some(1), || ()).await;
+        assert_eq!(resumed.replay.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+
+        let failed: Result<u64, &str> =
+            topic.publish_durable("part_completed", |_| async { Err("no quorum") }).await;
+        assert!(failed.is_err());
+        let seq = topic.publish_durable("completed", |seq| async move {
+            assert_eq!(seq, 4, "a failed durable publish does not use its number");
+            Ok::<_, ()>(json!({}))
+        });
+        assert_eq!(seq.await, Ok(4));
+        let live = resumed.live.recv().await.unwrap();
+        assert_eq!(
+            (live.seq, live.kind, live.is_terminal(), live.id()),
+            (4, "completed", true, "1:4".to_string())
+        );
+        assert_eq!(topic.since(2).await.len(), 2);
+    }
+}

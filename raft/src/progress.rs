@@ -1,0 +1,186 @@
+//! Replicated progress records: searches and trackers for external workers.
+//!
+//! Only durable milestones go through Raft (creation, start, each part's completion and
+//! the final outcome); per-page progress events live on the owner node. Every milestone
+//! carries the event sequence number the owner gave it, so that a record read from Raft
+//! says which events it already reflects.
+
+use serde::{Deserialize, Serialize};
+use shoal_storage::{codec, Tree, WriteBatch};
+
+use crate::keys;
+use crate::types::{NodeId, Rejection, Response};
+
+/// Where a progress record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgressStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl ProgressStatus {
+    /// Returns the name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgressStatus::Queued => "queued",
+            ProgressStatus::Running => "running",
+            ProgressStatus::Completed => "completed",
+            ProgressStatus::Failed => "failed",
+            ProgressStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Returns whether nothing can change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ProgressStatus::Completed | ProgressStatus::Failed | ProgressStatus::Cancelled
+        )
+    }
+}
+
+/// One part of a search (one UF).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartState {
+    pub name: String,
+    pub status: ProgressStatus,
+    pub pages: u32,
+    pub records: u64,
+}
+
+/// A search or tracker, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// `search` or `tracker`.
+    pub kind: String,
+    /// The request that created it, as JSON text (search parameters, tracker label).
+    pub params: String,
+    pub status: ProgressStatus,
+    /// The node that runs it.
+    pub owner: NodeId,
+    /// Starts at 1; a takeover after the owner died runs it again as attempt + 1.
+    pub attempt: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub total_parts: u32,
+    pub parts: Vec<PartState>,
+    /// The final result as JSON text, once completed.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// The sequence number of the last event this record reflects.
+    pub last_seq: u64,
+    pub ttl_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl ProgressRecord {
+    /// Returns how many parts have completed.
+    pub fn completed_parts(&self) -> u32 {
+        self.parts.iter().filter(|part| part.status == ProgressStatus::Completed).count() as u32
+    }
+}
+
+/// A milestone of a progress record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgressUpdate {
+    /// The owner started working.
+    Started,
+    /// One part finished with these totals.
+    PartCompleted { part: String, pages: u32, records: u64 },
+    /// The record reached a terminal status.
+    Finished { status: ProgressStatus, result: Option<String>, error: Option<String> },
+}
+
+/// Changes to progress records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProgressCommand {
+    /// Creates record `id`.
+    Create { id: String, record: ProgressRecord },
+    /// Records a milestone of attempt `attempt`, as event `seq`.
+    Update { id: String, attempt: u32, seq: u64, update: ProgressUpdate },
+}
+
+/// Reads progress record `id`, expired or not.
+pub(crate) fn read(state: &dyn Tree, id: &str) -> shoal_storage::Result<Option<ProgressRecord>> {
+    state.get(&keys::progress(id))?.map(|bytes| codec::decode(&bytes, "progress")).transpose()
+}
+
+fn put(batch: &mut WriteBatch, id: &str, record: &ProgressRecord) {
+    batch.put(keys::progress(id), codec::encode(record));
+    batch.put(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, id), Vec::new());
+}
+
+/// Removes record `id` and its expiry-index entry.
+pub(crate) fn delete(batch: &mut WriteBatch, id: &str, record: &ProgressRecord) {
+    batch.delete(keys::progress(id));
+    batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, id));
+}
+
+/// Applies `command` at the leader's `now_ms`, adding its writes to `batch`.
+pub(crate) fn apply(
+    state: &dyn Tree,
+    now_ms: u64,
+    command: ProgressCommand,
+    batch: &mut WriteBatch,
+) -> shoal_storage::Result<Response> {
+    match command {
+        ProgressCommand::Create { id, mut record } => {
+            if let Some(existing) = read(state, &id)? {
+                if existing.expires_at_ms > now_ms {
+                    return Ok(Response::Rejected(Rejection::AlreadyExists));
+                }
+                delete(batch, &id, &existing);
+            }
+            record.created_at_ms = now_ms;
+            record.updated_at_ms = now_ms;
+            record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
+            put(batch, &id, &record);
+            Ok(Response::Progress { id, record })
+        }
+        ProgressCommand::Update { id, attempt, seq, update } => {
+            let Some(mut record) = read(state, &id)?.filter(|record| record.expires_at_ms > now_ms)
+            else {
+                return Ok(Response::Rejected(Rejection::ProgressNotFound));
+            };
+            if attempt != record.attempt {
+                return Ok(Response::Rejected(Rejection::StaleAttempt { current: record.attempt }));
+            }
+            if record.status.is_terminal() {
+                return Ok(Response::Rejected(Rejection::ProgressFinished));
+            }
+            batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, &id));
+            match update {
+                ProgressUpdate::Started => record.status = ProgressStatus::Running,
+                ProgressUpdate::PartCompleted { part, pages, records } => {
+                    record.status = ProgressStatus::Running;
+                    match record.parts.iter_mut().find(|state| state.name == part) {
+                        Some(state) => {
+                            state.status = ProgressStatus::Completed;
+                            state.pages = pages;
+                            state.records = records;
+                        }
+                        None => return Ok(Response::Rejected(Rejection::UnknownPart)),
+                    }
+                }
+                ProgressUpdate::Finished { status, result, error } => {
+                    record.status = status;
+                    record.result = result;
+                    record.error = error;
+                    for part in &mut record.parts {
+                        if !part.status.is_terminal() && status != ProgressStatus::Completed {
+                            part.status = status;
+                        }
+                    }
+                }
+            }
+            record.last_seq = record.last_seq.max(seq);
+            record.updated_at_ms = now_ms;
+            record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
+            put(batch, &id, &record);
+            Ok(Response::Progress { id, record })
+        }
+    }
+}
