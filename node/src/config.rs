@@ -86,6 +86,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_SAMPLE_PAGE_DELAY_MS", default_value_t = 250, value_name = "MS")]
     pub sample_page_delay_ms: u64,
 
+    /// Seconds a search's Excel report stays downloadable
+    #[arg(long, env = "SHOAL_REPORT_TTL", default_value_t = 3600, value_name = "SECS")]
+    pub report_ttl: u64,
+
     /// How often an idle SSE stream sends a keep-alive comment
     #[arg(long, env = "SHOAL_SSE_KEEP_ALIVE_MS", default_value_t = 15_000, value_name = "MS")]
     pub sse_keep_alive_ms: u64,
@@ -137,6 +141,7 @@ pub struct Config {
     pub progress_ttl: Duration,
     pub sample_page_delay: Duration,
     pub sse_keep_alive: Duration,
+    pub report_ttl: Duration,
     pub log_format: LogFormat,
     pub log: String,
     pub heartbeat_interval: Duration,
@@ -188,6 +193,9 @@ impl ServeArgs {
         if self.queue_capacity == 0 || self.queue_capacity > 1_000_000 {
             return Err(invalid("queue-capacity", "use 1 to 1000000"));
         }
+        if self.report_ttl == 0 {
+            return Err(invalid("report-ttl", "must be positive"));
+        }
         if self.progress_ttl == 0 {
             return Err(invalid("progress-ttl", "must be positive"));
         }
@@ -227,6 +235,7 @@ impl ServeArgs {
             progress_ttl: Duration::from_secs(self.progress_ttl),
             sample_page_delay: Duration::from_millis(self.sample_page_delay_ms),
             sse_keep_alive: Duration::from_millis(self.sse_keep_alive_ms.max(1)),
+            report_ttl: Duration::from_secs(self.report_ttl),
             log_format: self.log_format,
             log: self.log,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 const NODE_ID_FILE: &str = "node_id";
 const ENGINE_DIR: &str = "db";
+const SIGNING_KEY_FILE: &str = "signing.key";
 
 /// Creates the data directory if needed and returns the path of the engine inside it.
 pub fn prepare(data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -45,6 +46,36 @@ pub fn node_id(data_dir: &Path, requested: Option<u64>) -> anyhow::Result<u64> {
     }
 }
 
+/// Returns the key that signs download links: generated once from the CSPRNG and kept
+/// in the data dir (a cluster derives it from its shared secret instead).
+pub fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            let bytes: Option<Vec<u8>> = (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect();
+            bytes
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .with_context(|| format!("{} is corrupt: expected 64 hex digits", path.display()))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let text: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
+            write_durably(&path, text.as_bytes())?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// Writes `contents` to `path` atomically (temp file, fsync, rename).
 pub fn write_durably(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let temp = path.with_extension("tmp");
@@ -74,6 +105,14 @@ mod tests {
         assert_eq!(node_id(dir.path(), Some(id)).unwrap(), id);
         let error = node_id(dir.path(), Some(id + 1)).unwrap_err().to_string();
         assert!(error.contains("belongs to node"), "{error}");
+    }
+
+    #[test]
+    fn signing_key_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = signing_key(dir.path()).unwrap();
+        assert_eq!(signing_key(dir.path()).unwrap(), key);
+        assert_ne!(key, [0; 32]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod data_dir;
 pub mod jobs;
 mod metrics;
 mod node;
+pub mod reports;
 pub mod sse;
 mod time;
 

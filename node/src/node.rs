@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use shoal_raft::{spawn_maintenance, Cluster, ClusterOptions, Node as RaftNode, Toucher};
+use shoal_raft::{
+    spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, Node as RaftNode, Toucher,
+};
 use shoal_storage::{Engine, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +21,7 @@ use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat};
 use crate::data_dir;
 use crate::jobs::{SearchSettings, Searches, WorkerPool};
+use crate::reports::{DownloadSigner, Reports};
 use crate::sse::Hub;
 
 /// How long a new single-node cluster may take to elect itself at start.
@@ -106,13 +109,18 @@ impl Node {
             version = env!("CARGO_PKG_VERSION"),
             "shoal node started"
         );
+        let signer = DownloadSigner::new(data_dir::signing_key(&config.data_dir)?);
+        let blob_store = Arc::new(ClusterBlobStore::new(cluster.clone()));
+        let reports =
+            Arc::new(Reports::new(blob_store, signer, config.report_ttl, instance_id.clone()));
         let hub = Arc::new(Hub::default());
         let pool = WorkerPool::new(config.workers, config.queue_capacity);
         let settings = SearchSettings {
             progress_ttl: config.progress_ttl,
             sample_page_delay: config.sample_page_delay,
         };
-        let searches = Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, settings));
+        let searches =
+            Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, reports.clone(), settings));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             toucher,
@@ -121,6 +129,7 @@ impl Node {
             metrics: crate::metrics::recorder(),
             hub,
             searches,
+            reports,
         }));
         Ok(Self { listener, services: Services { state, engine, maintenance, stop_maintenance } })
     }

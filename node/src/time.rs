@@ -15,7 +15,7 @@ pub fn rfc3339_millis(unix_ms: u64) -> String {
 }
 
 /// Converts days since 1970-01-01 into a proleptic Gregorian (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Shift the epoch to 0000-03-01 so that leap days fall at the end of a year;
     // 719_468 days separate it from 1970-01-01, and an era is 400 years.
     let shifted = days + 719_468;

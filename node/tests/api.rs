@@ -13,7 +13,7 @@ use tower::ServiceExt;
 struct TestNode {
     router: Router,
     node: Node,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn start_node() -> TestNode {
@@ -31,7 +31,7 @@ async fn start_node_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
     config.sample_page_delay = Duration::from_millis(10);
     adjust(&mut config);
     let node = Node::start(config).await.unwrap();
-    TestNode { router: node.router(), node, _dir: dir }
+    TestNode { router: node.router(), node, dir }
 }
 
 struct Answer {
@@ -68,6 +68,22 @@ impl TestNode {
 
     async fn create(&self, body: &str) -> Answer {
         self.call(Method::POST, "/api/sessions", &[], body).await
+    }
+
+    async fn get_raw(&self, uri: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, headers, bytes.to_vec())
+    }
+
+    /// Returns the node's download signer, from the key in its data dir.
+    fn signer(&self) -> shoal_node::reports::DownloadSigner {
+        let text = std::fs::read_to_string(self.dir.path().join("data/signing.key")).unwrap();
+        let bytes: Vec<u8> =
+            (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
+        shoal_node::reports::DownloadSigner::new(bytes.try_into().unwrap())
     }
 
     async fn get(&self, uri: &str) -> Answer {
@@ -601,5 +617,59 @@ async fn trackers_for_external_workers() {
         let answer = node.call(Method::POST, "/api/trackers", &[], body).await;
         assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     }
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn completed_searches_link_a_signed_excel_download() {
+    let node = start_node().await;
+    let body = r#"{"ufs":["SP","RJ"],"date_from":"2025-01-01","date_to":"2025-03-31","keywords":["uniforme"]}"#;
+    let done = node.call(Method::POST, "/api/searches?wait=true", &[], body).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.body);
+    let total = done.body["result"]["total_records"].as_u64().unwrap() as usize;
+    let download = &done.body["result"]["download"];
+    let url = download["url"].as_str().unwrap();
+    let report_id = download["id"].as_str().unwrap();
+    assert!(url.starts_with(&format!("/api/downloads/{report_id}?expires=")), "{url}");
+    assert!(download["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let (status, headers, bytes) = node.get_raw(url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    );
+    let disposition = headers[header::CONTENT_DISPOSITION].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=\"shoal_")
+            && disposition.ends_with(".xlsx\"")
+    );
+    let mut workbook: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes)).unwrap();
+    use calamine::Reader;
+    let rows = workbook.worksheet_range("Resultados").unwrap();
+    assert_eq!(rows.height(), total + 1, "a header and one row per record");
+    assert!(rows.rows().skip(1).all(|row| row[4] == calamine::Data::String("SP".into())
+        || row[4] == calamine::Data::String("RJ".into())));
+
+    let tampered = url.replace("sig=", "sig=00");
+    assert_error(&node.get(&tampered).await, StatusCode::FORBIDDEN, "invalid_signature");
+    let other_id = url.replace(report_id, &"f".repeat(32));
+    assert_error(&node.get(&other_id).await, StatusCode::FORBIDDEN, "invalid_signature");
+    assert_error(
+        &node.get(&format!("/api/downloads/{report_id}")).await,
+        StatusCode::FORBIDDEN,
+        "invalid_signature",
+    );
+
+    let signer = node.signer();
+    let expired = node.get(&signer.link(report_id, 1_000)).await;
+    assert_error(&expired, StatusCode::GONE, "expired");
+    assert_eq!(expired.body["message"], "download expired or invalid");
+    let far = 4_000_000_000;
+    assert_error(
+        &node.get(&signer.link(&"a".repeat(32), far)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     node.node.shutdown().await.unwrap();
 }

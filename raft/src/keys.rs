@@ -18,6 +18,27 @@ pub const NUM_SESSIONS: &[u8] = b"m/num_sessions";
 /// The kind byte of a session in the expiry index.
 pub const EXPIRY_KIND_SESSION: u8 = b's';
 
+/// `b/{id}/m` → [`crate::BlobRecord`]; `b/{id}/c/{index: u32 BE}` → chunk bytes.
+pub const BLOB_PREFIX: &[u8] = b"b/";
+
+/// The kind byte of a blob in the expiry index.
+pub const EXPIRY_KIND_BLOB: u8 = b'b';
+
+/// Returns the key of blob `id`'s record.
+pub fn blob_meta(id: &str) -> Vec<u8> {
+    [BLOB_PREFIX, id.as_bytes(), b"/m"].concat()
+}
+
+/// Returns the prefix of blob `id`'s chunks.
+pub fn blob_chunk_prefix(id: &str) -> Vec<u8> {
+    [BLOB_PREFIX, id.as_bytes(), b"/c/"].concat()
+}
+
+/// Returns the key of chunk `index` of blob `id`.
+pub fn blob_chunk(id: &str, index: u32) -> Vec<u8> {
+    [blob_chunk_prefix(id).as_slice(), &index.to_be_bytes()].concat()
+}
+
 /// The kind byte of a progress record in the expiry index.
 pub const EXPIRY_KIND_PROGRESS: u8 = b'p';
 

@@ -1,6 +1,7 @@
 //! shoal's Raft layer: the openraft type config, the replicated state machine, the
 //! HTTP Raft network and [`Cluster`], the handle through which the API writes and reads.
 
+mod blob;
 mod cluster;
 mod error;
 mod keys;
@@ -11,6 +12,7 @@ mod progress;
 mod state_machine;
 mod types;
 
+pub use blob::{BlobCommand, BlobMeta, BlobRecord, ClusterBlobStore, CHUNK_BYTES};
 pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus};
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};

@@ -20,6 +20,7 @@ use serde_json::Value;
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
 use tokio::sync::watch;
 
+use crate::blob::{self, BlobMeta};
 use crate::progress::{self, ProgressRecord};
 use crate::types::{
     Command, Entry, Node, NodeId, Request, Response, SessionChange, SessionRecord, TypeConfig,
@@ -66,6 +67,16 @@ impl StateReader {
     pub fn progress(&self, id: &str, now_ms: u64) -> shoal_storage::Result<Option<ProgressRecord>> {
         let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         Ok(progress::read(&*self.state, id)?.filter(|record| record.expires_at_ms > now_ms))
+    }
+
+    /// Returns committed blob `id` whole, unless it is missing or expired at `now_ms`.
+    pub fn blob(
+        &self,
+        id: &str,
+        now_ms: u64,
+    ) -> shoal_storage::Result<Option<(BlobMeta, Vec<u8>)>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        blob::read(&*self.state, id, now_ms)
     }
 
     /// Returns the number of stored sessions (expired ones count until the next expiry).
@@ -385,6 +396,16 @@ impl StateMachineStore {
                     if deadline_ms > now_ms {
                         continue;
                     }
+                    if kind == keys::EXPIRY_KIND_BLOB {
+                        match blob::read_record(state, id)? {
+                            Some(record) if record.expires_at_ms == deadline_ms => {
+                                blob::delete(state, &mut change.batch, id, &record)?;
+                                expired += 1;
+                            }
+                            _ => change.batch.delete(key.clone()),
+                        }
+                        continue;
+                    }
                     if kind == keys::EXPIRY_KIND_PROGRESS {
                         match progress::read(state, id)? {
                             Some(record) if record.expires_at_ms == deadline_ms => {
@@ -409,6 +430,7 @@ impl StateMachineStore {
             Command::Progress(command) => {
                 progress::apply(state, now_ms, command, &mut change.batch)?
             }
+            Command::Blob(command) => blob::apply(state, now_ms, command, &mut change.batch)?,
         })
     }
 }

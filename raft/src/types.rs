@@ -4,6 +4,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob::BlobCommand;
 use crate::progress::{ProgressCommand, ProgressRecord};
 
 /// A node's Raft id: `--node-id`, or generated once and kept in the data dir.
@@ -64,6 +65,8 @@ pub enum Command {
     Expire,
     /// Creates or advances a search or tracker.
     Progress(ProgressCommand),
+    /// Stores report blobs.
+    Blob(BlobCommand),
 }
 
 /// How [`Command::UpdateSession`] changes the data.
@@ -144,4 +147,7 @@ pub enum Rejection {
     /// A milestone named a part the search does not have.
     #[error("no such part")]
     UnknownPart,
+    /// A blob chunk or commit arrived for a blob that is not being written.
+    #[error("blob is not being written")]
+    BlobNotPending,
 }

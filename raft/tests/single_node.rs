@@ -165,3 +165,27 @@ async fn concurrent_read_barriers_all_complete() {
         barrier.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_chunked_readable_and_expire() {
+    use shoal_raft::{ClusterBlobStore, CHUNK_BYTES};
+    use shoal_storage::{Blob, BlobStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _engine) = start(dir.path()).await;
+    let store = ClusterBlobStore::new(cluster.clone());
+    let bytes: Vec<u8> = (0..CHUNK_BYTES * 2 + 17).map(|n| (n % 251) as u8).collect();
+    let blob = Blob { name: "r.xlsx".into(), content_type: "application/x".into(), bytes };
+    store.put("r1", blob.clone(), Duration::from_millis(300)).await.unwrap();
+    assert_eq!(store.get("r1").await.unwrap(), Some(blob.clone()));
+    assert_eq!(store.get("nope").await.unwrap(), None);
+    let duplicate = store.put("r1", blob.clone(), Duration::from_secs(60)).await;
+    assert!(duplicate.is_err(), "a live blob is never overwritten");
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(store.get("r1").await.unwrap(), None, "hidden once expired");
+    let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else { panic!() };
+    assert_eq!(expired, 1);
+    store.put("r1", blob.clone(), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(store.get("r1").await.unwrap(), Some(blob), "the id is free again after expiry");
+}

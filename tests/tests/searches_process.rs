@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use calamine::Reader;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shoal_tests::{read_sse, SseEvent, TestNode, FAST_RAFT_ARGS};
@@ -77,6 +78,15 @@ async fn a_five_uf_search_followed_over_sse() -> anyhow::Result<()> {
     let per_part: u64 =
         state["parts"].as_object().unwrap().values().map(|p| p["records"].as_u64().unwrap()).sum();
     assert_eq!(state["result"]["total_records"].as_u64(), Some(per_part));
+
+    tracing::info!("--- the report downloads and reads back with one row per record");
+    let download_url = node.url(state["result"]["download"]["url"].as_str().unwrap());
+    let response = reqwest::get(&download_url).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await?.to_vec();
+    let mut workbook: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes))?;
+    let rows = workbook.worksheet_range("Resultados")?;
+    assert_eq!(rows.height() as u64, per_part + 1);
 
     tracing::info!("--- after the end, a new stream gets the snapshot and the terminal event");
     let (_, replay) = read_sse(&url, None, usize::MAX, STREAM).await?;

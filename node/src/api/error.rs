@@ -75,6 +75,9 @@ impl From<Rejection> for ApiError {
                 Self::new(StatusCode::CONFLICT, "stale_attempt", message)
             }
             Rejection::UnknownPart => Self::unprocessable(message),
+            Rejection::BlobNotPending => {
+                Self::new(StatusCode::CONFLICT, "blob_not_pending", message)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The public HTTP API of DESIGN §6 and the state its handlers share.
 
+mod downloads;
 mod error;
 mod health;
 mod json;
@@ -20,6 +21,7 @@ pub use sessions::SESSION_COOKIE;
 use shoal_raft::{Cluster, Toucher};
 
 use crate::jobs::Searches;
+use crate::reports::Reports;
 use crate::sse::Hub;
 
 use crate::config::Config;
@@ -37,6 +39,7 @@ pub struct NodeContext {
     pub metrics: PrometheusHandle,
     pub hub: Arc<Hub>,
     pub searches: Arc<Searches>,
+    pub reports: Arc<Reports>,
 }
 
 /// Cheaply clonable handle on the [`NodeContext`].
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::routes())
         .merge(searches::routes())
         .merge(trackers::routes())
+        .merge(downloads::routes())
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see README.md for the API")
         })

@@ -1,6 +1,7 @@
 //! Searches: validation, the shared worker pool, the sources, and the runner that
 //! records milestones through Raft and publishes events to the local hub.
 
+mod notice;
 mod params;
 mod pool;
 mod sample;
@@ -9,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use notice::{fold, matches, Notice};
 pub use params::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
@@ -18,6 +20,7 @@ use shoal_raft::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::reports::Reports;
 use crate::sse::{Hub, Topic};
 
 /// The sources this build can search.
@@ -48,13 +51,14 @@ pub struct Searches {
     cluster: Cluster,
     hub: Arc<Hub>,
     pool: WorkerPool,
+    reports: Arc<Reports>,
     settings: SearchSettings,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 /// How one part ended.
 enum PartOutcome {
-    Done { records: u64 },
+    Done { uf: String, notices: Vec<Notice> },
     Failed(String),
     Cancelled,
 }
@@ -65,9 +69,10 @@ impl Searches {
         cluster: Cluster,
         hub: Arc<Hub>,
         pool: WorkerPool,
+        reports: Arc<Reports>,
         settings: SearchSettings,
     ) -> Self {
-        Self { cluster, hub, pool, settings, cancels: Mutex::default() }
+        Self { cluster, hub, pool, reports, settings, cancels: Mutex::default() }
     }
 
     /// Returns the pool's counters.
@@ -157,8 +162,7 @@ impl Searches {
         if let Err(error) = self.cluster.write(started).await {
             tracing::warn!(search_id = %id, %error, "recording the start of a search failed");
         }
-        let keywords: Vec<String> =
-            params.keywords.iter().map(|keyword| sample::fold(keyword)).collect();
+        let keywords: Vec<String> = params.keywords.iter().map(|keyword| fold(keyword)).collect();
         let (outcomes, mut finished) = mpsc::unbounded_channel();
         for uf in &params.ufs {
             let job = PartJob {
@@ -182,21 +186,30 @@ impl Searches {
         }
         drop(outcomes);
 
-        let (mut total_records, mut failure, mut was_cancelled) = (0_u64, None, false);
+        let (mut found, mut failure, mut was_cancelled) = (Vec::new(), None, false);
         while let Some(outcome) = finished.recv().await {
             match outcome {
-                PartOutcome::Done { records } => total_records += records,
+                PartOutcome::Done { uf, notices } => found.push((uf, notices)),
                 PartOutcome::Failed(error) => failure = failure.or(Some(error)),
                 PartOutcome::Cancelled => was_cancelled = true,
             }
         }
+        // Rows in the order the UFs were asked for, whatever order the parts ended in.
+        found.sort_by_key(|(uf, _)| params.ufs.iter().position(|wanted| wanted == uf));
+        let notices: Vec<Notice> = found.into_iter().flat_map(|(_, notices)| notices).collect();
+        let total_records = notices.len() as u64;
         let (status, kind, result, error) = if was_cancelled || *cancelled.borrow() {
             (ProgressStatus::Cancelled, "cancelled", None, None)
         } else if let Some(error) = failure {
             (ProgressStatus::Failed, "failed", None, Some(error))
         } else {
-            let result = json!({ "total_records": total_records, "download": null });
-            (ProgressStatus::Completed, "completed", Some(result), None)
+            match self.reports.store_search_report(&id, &params, notices).await {
+                Ok(download) => {
+                    let result = json!({ "total_records": total_records, "download": download });
+                    (ProgressStatus::Completed, "completed", Some(result), None)
+                }
+                Err(error) => (ProgressStatus::Failed, "failed", None, Some(error)),
+            }
         };
         let finish = topic
             .publish_durable(kind, |seq| {
@@ -259,20 +272,20 @@ impl PartJob {
     async fn run(mut self) -> PartOutcome {
         let total = sample::total_notices(&self.uf, self.first_day, self.last_day);
         let pages = total.div_ceil(sample::PAGE_SIZE).max(1);
-        let mut records = 0_u64;
+        let mut found = Vec::new();
         for page in 1..=pages {
             tokio::select! {
                 _ = tokio::time::sleep(self.page_delay) => {}
                 _ = self.cancelled.wait_for(|cancelled| *cancelled) => return PartOutcome::Cancelled,
             }
             let notices = sample::page(&self.uf, self.first_day, self.last_day, page);
-            records +=
-                notices.iter().filter(|notice| sample::matches(notice, &self.keywords)).count()
-                    as u64;
-            let data = json!({ "uf": self.uf, "page": page, "pages": pages, "records": records });
+            found.extend(notices.into_iter().filter(|notice| matches(notice, &self.keywords)));
+            let data =
+                json!({ "uf": self.uf, "page": page, "pages": pages, "records": found.len() });
             self.topic.publish("progress", data).await;
         }
         let (cluster, id, uf, attempt) = (&self.cluster, &self.id, &self.uf, self.topic.attempt);
+        let records = found.len() as u64;
         let recorded = self
             .topic
             .publish_durable("part_completed", |seq| async move {
@@ -299,7 +312,7 @@ impl PartJob {
             })
             .await;
         match recorded {
-            Ok(_) => PartOutcome::Done { records },
+            Ok(_) => PartOutcome::Done { uf: uf.clone(), notices: found },
             Err(error) => PartOutcome::Failed(format!("part {uf}: {error}")),
         }
     }

@@ -1,7 +1,6 @@
 //! The `sample` source: synthetic procurement notices, the same for the same UF and dates.
 
-use serde::Serialize;
-
+use super::notice::Notice;
 use crate::time::iso_date;
 
 /// Notices per page, as the PNCP API pages them.
@@ -33,22 +32,6 @@ const MODALITIES: [&str; 4] =
     ["Pregão Eletrônico", "Concorrência", "Dispensa de Licitação", "Inexigibilidade"];
 const MUNICIPALITIES: [&str; 6] =
     ["Capital", "Vila Nova", "Santa Rita", "São José", "Boa Vista do Sul", "Porto Alegre do Norte"];
-
-/// One procurement notice.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Notice {
-    pub control_number: String,
-    pub object: String,
-    pub agency: String,
-    pub municipality: String,
-    pub uf: String,
-    pub modality: String,
-    pub estimated_value: f64,
-    /// Days since 1970-01-01.
-    pub published_on: i64,
-    pub opening_on: i64,
-    pub link: String,
-}
 
 /// A small deterministic generator (splitmix64), stable across releases of any crate.
 struct Sequence(u64);
@@ -118,33 +101,10 @@ fn notice(uf: &str, first_day: i64, last_day: i64, index: usize) -> Notice {
     }
 }
 
-/// Folds case and Portuguese accents, so `Uniforme` matches `UNIFORMES` and `licitação` `licitacao`.
-pub fn fold(text: &str) -> String {
-    text.chars()
-        .flat_map(char::to_lowercase)
-        .map(|c| match c {
-            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-            'é' | 'è' | 'ê' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            'ç' => 'c',
-            other => other,
-        })
-        .collect()
-}
-
-/// Returns whether `notice` matches any of the folded `keywords` (all match when none).
-pub fn matches(notice: &Notice, folded_keywords: &[String]) -> bool {
-    folded_keywords.is_empty() || {
-        let object = fold(&notice.object);
-        folded_keywords.iter().any(|keyword| object.contains(keyword.as_str()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::notice::{fold, matches};
 
     #[test]
     fn deterministic_pages_and_accent_insensitive_keywords() {
