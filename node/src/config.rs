@@ -86,6 +86,26 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_SAMPLE_PAGE_DELAY_MS", default_value_t = 250, value_name = "MS")]
     pub sample_page_delay_ms: u64,
 
+    /// JSONL file of notices for the `file` source (one JSON object a line)
+    #[arg(long, env = "SHOAL_SOURCE_FILE", value_name = "PATH")]
+    pub source_file: Option<std::path::PathBuf>,
+
+    /// Base URL of the PNCP consultation API, for the `pncp` source
+    #[arg(long, env = "SHOAL_PNCP_URL", default_value = "https://pncp.gov.br/api/consulta")]
+    pub pncp_url: String,
+
+    /// PNCP modality codes searched, comma-separated (6 = pregão eletrônico)
+    #[arg(long, env = "SHOAL_PNCP_MODALITIES", value_delimiter = ',', default_value = "6")]
+    pub pncp_modalities: Vec<u32>,
+
+    /// Most PNCP requests in flight at once, over all searches of the node
+    #[arg(long, env = "SHOAL_PNCP_CONCURRENCY", default_value_t = 4)]
+    pub pncp_concurrency: usize,
+
+    /// First retry delay after a PNCP 429/5xx; doubles each retry
+    #[arg(long, env = "SHOAL_PNCP_BACKOFF_MS", default_value_t = 500, value_name = "MS")]
+    pub pncp_backoff_ms: u64,
+
     /// Seconds a search's Excel report stays downloadable
     #[arg(long, env = "SHOAL_REPORT_TTL", default_value_t = 3600, value_name = "SECS")]
     pub report_ttl: u64,
@@ -142,6 +162,11 @@ pub struct Config {
     pub sample_page_delay: Duration,
     pub sse_keep_alive: Duration,
     pub report_ttl: Duration,
+    pub source_file: Option<std::path::PathBuf>,
+    pub pncp_url: String,
+    pub pncp_modalities: Vec<u32>,
+    pub pncp_concurrency: usize,
+    pub pncp_backoff: Duration,
     pub log_format: LogFormat,
     pub log: String,
     pub heartbeat_interval: Duration,
@@ -193,6 +218,15 @@ impl ServeArgs {
         if self.queue_capacity == 0 || self.queue_capacity > 1_000_000 {
             return Err(invalid("queue-capacity", "use 1 to 1000000"));
         }
+        if !self.pncp_url.starts_with("http://") && !self.pncp_url.starts_with("https://") {
+            return Err(invalid("pncp-url", format!("{:?} is not an http(s) URL", self.pncp_url)));
+        }
+        if self.pncp_modalities.is_empty() || self.pncp_concurrency == 0 {
+            return Err(invalid(
+                "pncp-modalities/pncp-concurrency",
+                "name at least one modality and allow one request",
+            ));
+        }
         if self.report_ttl == 0 {
             return Err(invalid("report-ttl", "must be positive"));
         }
@@ -236,6 +270,11 @@ impl ServeArgs {
             sample_page_delay: Duration::from_millis(self.sample_page_delay_ms),
             sse_keep_alive: Duration::from_millis(self.sse_keep_alive_ms.max(1)),
             report_ttl: Duration::from_secs(self.report_ttl),
+            source_file: self.source_file,
+            pncp_url: self.pncp_url,
+            pncp_modalities: self.pncp_modalities,
+            pncp_concurrency: self.pncp_concurrency,
+            pncp_backoff: Duration::from_millis(self.pncp_backoff_ms),
             log_format: self.log_format,
             log: self.log,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),

@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat};
 use crate::data_dir;
-use crate::jobs::{SearchSettings, Searches, WorkerPool};
+use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::reports::{DownloadSigner, Reports};
 use crate::sse::Hub;
 
@@ -115,10 +115,22 @@ impl Node {
             Arc::new(Reports::new(blob_store, signer, config.report_ttl, instance_id.clone()));
         let hub = Arc::new(Hub::default());
         let pool = WorkerPool::new(config.workers, config.queue_capacity);
-        let settings = SearchSettings {
-            progress_ttl: config.progress_ttl,
-            sample_page_delay: config.sample_page_delay,
+        let file = match &config.source_file {
+            Some(path) => {
+                let notices = jobs::load_source_file(path)?;
+                tracing::info!(path = %path.display(), notices = notices.len(), "loaded the file source");
+                Some(Arc::new(notices))
+            }
+            None => None,
         };
+        let pncp = PncpClient::new(
+            &config.pncp_url,
+            config.pncp_modalities.clone(),
+            config.pncp_concurrency,
+            config.pncp_backoff,
+        );
+        let sources = Sources { sample_page_delay: config.sample_page_delay, file, pncp };
+        let settings = SearchSettings { progress_ttl: config.progress_ttl, sources };
         let searches =
             Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, reports.clone(), settings));
         let state = AppState(Arc::new(NodeContext {

@@ -189,3 +189,88 @@ async fn blobs_are_chunked_readable_and_expire() {
     store.put("r1", blob.clone(), Duration::from_secs(60)).await.unwrap();
     assert_eq!(store.get("r1").await.unwrap(), Some(blob), "the id is free again after expiry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_records_follow_their_milestones_and_expire() {
+    use shoal_raft::{
+        PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate, Rejection,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _engine) = start(dir.path()).await;
+    let part = |name: &str| PartState {
+        name: name.into(),
+        status: ProgressStatus::Queued,
+        pages: 0,
+        records: 0,
+    };
+    let record = ProgressRecord {
+        kind: "search".into(),
+        params: "{}".into(),
+        status: ProgressStatus::Queued,
+        owner: 1,
+        attempt: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        total_parts: 2,
+        parts: vec![part("SP"), part("RJ")],
+        result: None,
+        error: None,
+        last_seq: 0,
+        ttl_ms: 300,
+        expires_at_ms: 0,
+    };
+    let update = |seq, attempt, update| {
+        Command::Progress(ProgressCommand::Update { id: "s1".into(), attempt, seq, update })
+    };
+    cluster
+        .write(Command::Progress(ProgressCommand::Create { id: "s1".into(), record }))
+        .await
+        .unwrap();
+    let completed = ProgressUpdate::PartCompleted { part: "SP".into(), pages: 2, records: 7 };
+    let Response::Progress { record, .. } = cluster.write(update(3, 1, completed)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (record.status, record.completed_parts(), record.last_seq),
+        (ProgressStatus::Running, 1, 3)
+    );
+
+    let stale = update(4, 2, ProgressUpdate::Started);
+    assert!(matches!(
+        cluster.write(stale).await.unwrap_err(),
+        ClusterError::Rejected(Rejection::StaleAttempt { current: 1 })
+    ));
+    let unknown =
+        update(4, 1, ProgressUpdate::PartCompleted { part: "XX".into(), pages: 1, records: 1 });
+    assert!(matches!(
+        cluster.write(unknown).await.unwrap_err(),
+        ClusterError::Rejected(Rejection::UnknownPart)
+    ));
+    let finished =
+        ProgressUpdate::Finished { status: ProgressStatus::Cancelled, result: None, error: None };
+    let Response::Progress { record, .. } = cluster.write(update(5, 1, finished)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        record.parts[1].status,
+        ProgressStatus::Cancelled,
+        "unfinished parts end with the search"
+    );
+    assert_eq!(record.parts[0].status, ProgressStatus::Completed);
+    let late = update(6, 1, ProgressUpdate::Started);
+    assert!(matches!(
+        cluster.write(late).await.unwrap_err(),
+        ClusterError::Rejected(Rejection::ProgressFinished)
+    ));
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        cluster.reader().progress("s1", unix_millis()).unwrap().is_none(),
+        "hidden after its TTL"
+    );
+    let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else { panic!() };
+    assert_eq!(expired, 1);
+}

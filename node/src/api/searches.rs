@@ -13,7 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::progress::{self, view};
 use super::AppState;
-use crate::jobs::{SearchRequest, StartError, SOURCES};
+use crate::jobs::{SearchRequest, StartError};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,7 +34,7 @@ async fn start_search(
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> ApiResult<Response> {
     let params = request
-        .validate(SOURCES)
+        .validate(&app.searches.source_names())
         .map_err(|invalid| ApiError::unprocessable(invalid.to_string()))?;
     let (id, record) = app.searches.start(params).await.map_err(|error| match error {
         StartError::QueueFull(_) => ApiError::unavailable(

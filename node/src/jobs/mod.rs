@@ -1,8 +1,10 @@
 //! Searches: validation, the shared worker pool, the sources, and the runner that
 //! records milestones through Raft and publishes events to the local hub.
 
+mod file_source;
 mod notice;
 mod params;
+mod pncp;
 mod pool;
 mod sample;
 
@@ -10,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use file_source::load as load_source_file;
 pub use notice::{fold, matches, Notice};
 pub use params::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
+pub use pncp::{PncpClient, PncpPage};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
 use shoal_raft::{
@@ -22,9 +26,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::reports::Reports;
 use crate::sse::{Hub, Topic};
-
-/// The sources this build can search.
-pub const SOURCES: &[&str] = &["sample"];
 
 /// How long a finished search's events stay in memory for reconnecting clients.
 const TOPIC_LINGER: Duration = Duration::from_secs(120);
@@ -42,7 +43,28 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct SearchSettings {
     pub progress_ttl: Duration,
+    pub sources: Sources,
+}
+
+/// The sources searches can read, as configured.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Delay per page of the `sample` source.
     pub sample_page_delay: Duration,
+    /// The notices of `--source-file`, when given.
+    pub file: Option<Arc<Vec<Notice>>>,
+    pub pncp: PncpClient,
+}
+
+impl Sources {
+    /// Returns the names a search may ask for.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = vec!["sample", "pncp"];
+        if self.file.is_some() {
+            names.push("file");
+        }
+        names
+    }
 }
 
 /// Starts, runs and cancels the searches owned by this node.
@@ -73,6 +95,11 @@ impl Searches {
         settings: SearchSettings,
     ) -> Self {
         Self { cluster, hub, pool, reports, settings, cancels: Mutex::default() }
+    }
+
+    /// Returns the sources a search may ask for.
+    pub fn source_names(&self) -> Vec<&'static str> {
+        self.settings.sources.names()
     }
 
     /// Returns the pool's counters.
@@ -173,7 +200,8 @@ impl Searches {
                 first_day: params.first_day(),
                 last_day: params.last_day(),
                 keywords: keywords.clone(),
-                page_delay: self.settings.sample_page_delay,
+                source: params.source.clone(),
+                sources: self.settings.sources.clone(),
                 cancelled: cancelled.clone(),
             };
             let outcomes = outcomes.clone();
@@ -264,26 +292,96 @@ struct PartJob {
     first_day: i64,
     last_day: i64,
     keywords: Vec<String>,
-    page_delay: Duration,
+    source: String,
+    sources: Sources,
     cancelled: watch::Receiver<bool>,
 }
 
 impl PartJob {
-    async fn run(mut self) -> PartOutcome {
-        let total = sample::total_notices(&self.uf, self.first_day, self.last_day);
-        let pages = total.div_ceil(sample::PAGE_SIZE).max(1);
+    /// Keeps the matching notices of a page and publishes the progress.
+    async fn take_page(
+        &self,
+        notices: Vec<Notice>,
+        page: usize,
+        pages: usize,
+        found: &mut Vec<Notice>,
+    ) {
+        found.extend(notices.into_iter().filter(|notice| matches(notice, &self.keywords)));
+        let data = json!({ "uf": self.uf, "page": page, "pages": pages, "records": found.len() });
+        self.topic.publish("progress", data).await;
+    }
+
+    /// Reads every page of the part's UF from its source; `None` when cancelled.
+    async fn read_pages(&mut self) -> Result<Option<(usize, Vec<Notice>)>, String> {
+        let (uf, first, last) = (self.uf.clone(), self.first_day, self.last_day);
         let mut found = Vec::new();
-        for page in 1..=pages {
-            tokio::select! {
-                _ = tokio::time::sleep(self.page_delay) => {}
-                _ = self.cancelled.wait_for(|cancelled| *cancelled) => return PartOutcome::Cancelled,
+        let mut pages_read = 0;
+        match self.source.as_str() {
+            "sample" => {
+                let pages =
+                    sample::total_notices(&uf, first, last).div_ceil(sample::PAGE_SIZE).max(1);
+                for page in 1..=pages {
+                    let delay = self.sources.sample_page_delay;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancelled.wait_for(|cancelled| *cancelled) => return Ok(None),
+                    }
+                    self.take_page(sample::page(&uf, first, last, page), page, pages, &mut found)
+                        .await;
+                    pages_read += 1;
+                }
             }
-            let notices = sample::page(&self.uf, self.first_day, self.last_day, page);
-            found.extend(notices.into_iter().filter(|notice| matches(notice, &self.keywords)));
-            let data =
-                json!({ "uf": self.uf, "page": page, "pages": pages, "records": found.len() });
-            self.topic.publish("progress", data).await;
+            "file" => {
+                let all = self.sources.file.clone().ok_or("the file source is not configured")?;
+                let mine: Vec<Notice> = all
+                    .iter()
+                    .filter(|n| n.uf == uf && (first..=last).contains(&n.published_on))
+                    .cloned()
+                    .collect();
+                let pages = mine.len().div_ceil(sample::PAGE_SIZE).max(1);
+                let mut chunks = mine.chunks(sample::PAGE_SIZE).map(<[Notice]>::to_vec);
+                for page in 1..=pages {
+                    if *self.cancelled.borrow() {
+                        return Ok(None);
+                    }
+                    self.take_page(chunks.next().unwrap_or_default(), page, pages, &mut found)
+                        .await;
+                    pages_read += 1;
+                }
+            }
+            "pncp" => {
+                let client = self.sources.pncp.clone();
+                let mut pages_known = 0;
+                for &modality in client.modalities() {
+                    let mut page = 1;
+                    loop {
+                        let fetched = tokio::select! {
+                            fetched = client.page(&uf, first, last, modality, page) => fetched?,
+                            _ = self.cancelled.wait_for(|cancelled| *cancelled) => return Ok(None),
+                        };
+                        if page == 1 {
+                            pages_known += fetched.total_pages.max(1);
+                        }
+                        pages_read += 1;
+                        self.take_page(fetched.notices, pages_read, pages_known, &mut found).await;
+                        if page >= fetched.total_pages {
+                            break;
+                        }
+                        page += 1;
+                    }
+                }
+            }
+            other => return Err(format!("unknown source {other}")),
         }
+        Ok(Some((pages_read, found)))
+    }
+
+    async fn run(mut self) -> PartOutcome {
+        let (pages, found) = match self.read_pages().await {
+            Ok(Some(read)) => read,
+            Ok(None) => return PartOutcome::Cancelled,
+            Err(error) => return PartOutcome::Failed(format!("part {}: {error}", self.uf)),
+        };
         let (cluster, id, uf, attempt) = (&self.cluster, &self.id, &self.uf, self.topic.attempt);
         let records = found.len() as u64;
         let recorded = self
