@@ -62,6 +62,20 @@ pub struct ServeArgs {
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// Secret shared by every node of a cluster; signs internal requests (required with
+    /// --peers)
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub cluster_secret: Option<String>,
+
+    /// File holding the cluster secret (instead of --cluster-secret)
+    #[arg(
+        long,
+        env = "SHOAL_CLUSTER_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with = "cluster_secret"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Seconds a session lives without being used, unless created with ttl_secs
     #[arg(long, env = "SHOAL_SESSION_TTL", default_value_t = 86_400, value_name = "SECS")]
     pub session_ttl: u64,
@@ -150,6 +164,8 @@ pub const MAX_SESSION_TTL_SECS: u64 = 365 * 24 * 3600;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The cluster secret, read from the flag, the variable or the file.
+    pub cluster_secret: Option<String>,
     pub advertise_addr: Option<String>,
     pub data_dir: PathBuf,
     pub node_id: Option<u64>,
@@ -256,8 +272,30 @@ impl ServeArgs {
                 return Err(invalid("advertise-addr", format!("`{addr}` is not host:port")));
             }
         }
+        let cluster_secret = match (self.cluster_secret, self.cluster_secret_file) {
+            (Some(secret), _) => Some(secret),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|error| {
+                        invalid(
+                            "cluster-secret-file",
+                            format!("cannot read {}: {error}", path.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if cluster_secret.as_ref().is_some_and(|secret| secret.len() < 16) {
+            return Err(invalid(
+                "cluster-secret",
+                "use at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
         Ok(Config {
             listen,
+            cluster_secret,
             advertise_addr: self.advertise_addr,
             data_dir: self.data_dir,
             node_id: self.node_id,

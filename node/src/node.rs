@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use shoal_raft::{
-    spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, Node as RaftNode, Toucher,
+    spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, ClusterSecret, InternalClient,
+    Node as RaftNode, Toucher,
 };
 use shoal_storage::{Engine, SledEngine};
 use tokio::net::TcpListener;
@@ -69,6 +70,13 @@ impl Node {
                 })?;
             Arc::new(engine)
         };
+        let secret = match &config.cluster_secret {
+            Some(secret) => ClusterSecret::new(secret.as_bytes().to_vec()),
+            // A node alone: nobody else may call its internal endpoints.
+            None => ClusterSecret::random(),
+        };
+        let connect_timeout = config.heartbeat_interval.max(Duration::from_millis(200));
+        let client = InternalClient::new(secret.clone(), connect_timeout);
         let options = ClusterOptions {
             node_id,
             advertise_addr: advertise_addr.clone(),
@@ -77,6 +85,7 @@ impl Node {
             snapshot_after_logs: config.snapshot_logs,
             logs_kept_after_snapshot: config.snapshot_logs.min(1000),
             request_timeout: config.request_timeout,
+            client,
         };
         let cluster = Cluster::start(engine.clone(), options).await.context("cannot start raft")?;
         if cluster.is_initialized().await? {
@@ -109,7 +118,12 @@ impl Node {
             version = env!("CARGO_PKG_VERSION"),
             "shoal node started"
         );
-        let signer = DownloadSigner::new(data_dir::signing_key(&config.data_dir)?);
+        // Every node of a cluster derives the same key, so links work on any node.
+        let signing_key = match &config.cluster_secret {
+            Some(_) => secret.derive("download links"),
+            None => data_dir::signing_key(&config.data_dir)?,
+        };
+        let signer = DownloadSigner::new(signing_key);
         let blob_store = Arc::new(ClusterBlobStore::new(cluster.clone()));
         let reports =
             Arc::new(Reports::new(blob_store, signer, config.report_ttl, instance_id.clone()));
@@ -142,6 +156,7 @@ impl Node {
             hub,
             searches,
             reports,
+            secret,
         }));
         Ok(Self { listener, services: Services { state, engine, maintenance, stop_maintenance } })
     }

@@ -137,9 +137,10 @@ impl ClusterBlobStore {
 
 fn blob_error(error: ClusterError) -> BlobError {
     match error {
-        ClusterError::NoLeader | ClusterError::NotLeader { .. } | ClusterError::Timeout(_) => {
-            BlobError::Unavailable(error.to_string())
-        }
+        ClusterError::NoLeader
+        | ClusterError::NotLeader { .. }
+        | ClusterError::Timeout(_)
+        | ClusterError::Unreachable(_) => BlobError::Unavailable(error.to_string()),
         other => BlobError::Failed(other.to_string()),
     }
 }

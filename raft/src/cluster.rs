@@ -9,7 +9,7 @@ use openraft::{ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
 use tokio::sync::{oneshot, Mutex};
 
-use crate::network::Network;
+use crate::network::{CallError, InternalClient, Network, FORWARD_PATH, READ_INDEX_PATH};
 use crate::state_machine::{StateMachineStore, StateReader};
 use crate::types::{Command, Node, NodeId, Raft, Request, Response, TypeConfig};
 use crate::{ClusterError, Result};
@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub logs_kept_after_snapshot: u64,
     /// How long a write or a read barrier may take before the API answers 503.
     pub request_timeout: Duration,
+    /// Signed calls to other nodes (Raft RPCs, forwarded writes, read indexes).
+    pub client: InternalClient,
 }
 
 /// A node's view of the cluster, for health, metrics and `shoal status`.
@@ -106,7 +108,7 @@ impl Cluster {
         let log_store =
             LogStore::<TypeConfig>::open(engine)?.with_purge_guard(state_machine.applied_index());
         let reader = state_machine.reader();
-        let network = Network::new(options.heartbeat_interval.max(Duration::from_millis(200)));
+        let network = Network::new(options.client.clone());
         let raft =
             Raft::new(options.node_id, Arc::new(config), network, log_store.clone(), state_machine)
                 .await
@@ -149,10 +151,29 @@ impl Cluster {
     }
 
     /// Proposes `command` and returns the state machine's answer once the entry is
-    /// committed by a majority (fsynced on each) and applied here.
+    /// committed by a majority (fsynced on each) and applied on the leader. On a
+    /// follower the command is forwarded to the leader, which stamps it with its clock.
     ///
     /// On a timeout the outcome is unknown: the entry may still commit later.
     pub async fn write(&self, command: Command) -> Result<Response> {
+        match self.write_local(command.clone()).await {
+            Err(ClusterError::NotLeader { leader_addr, .. }) => {
+                let timeout = self.inner.options.request_timeout;
+                let forwarded: std::result::Result<Result<Response>, CallError> = self
+                    .inner
+                    .options
+                    .client
+                    .call(&leader_addr, FORWARD_PATH, &command, timeout)
+                    .await;
+                forwarded.map_err(call_error)?
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Proposes `command` if this node leads; never forwards. The forward endpoint calls
+    /// this, so a request is forwarded at most once.
+    pub async fn write_local(&self, command: Command) -> Result<Response> {
         let request = Request { now_ms: unix_millis(), command };
         let timeout = self.inner.options.request_timeout;
         let outcome = tokio::time::timeout(timeout, self.inner.raft.client_write(request))
@@ -189,6 +210,13 @@ impl Cluster {
             tokio::spawn(run_read_rounds(self.inner.clone()));
         }
         wait.await.unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
+    }
+
+    /// Returns the index a linearizable read must wait for, as the leader sees it: the
+    /// leader confirms its leadership with a quorum first. Followers call this on the
+    /// leader through `/internal/raft/read-index`.
+    pub async fn read_index(&self) -> Result<Option<u64>> {
+        linearize_locally(&self.inner).await
     }
 
     /// Returns this node's view of the cluster.
@@ -266,22 +294,52 @@ async fn run_read_rounds(inner: Arc<Inner>) {
             }
             std::mem::take(&mut rounds.waiting)
         };
-        let timeout = inner.options.request_timeout;
-        let outcome = match tokio::time::timeout(timeout, inner.raft.ensure_linearizable()).await {
-            Err(_) => Err(ClusterError::Timeout(timeout)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(not_leader(forward))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(ClusterError::NoLeader)
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Raft(fatal.to_string())),
-        };
+        let outcome = linearize(&inner).await;
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
         }
     }
+}
+
+/// Confirms leadership with a quorum and waits until the read index is applied here;
+/// returns the read index.
+async fn linearize_locally(inner: &Inner) -> Result<Option<u64>> {
+    let timeout = inner.options.request_timeout;
+    match tokio::time::timeout(timeout, inner.raft.ensure_linearizable()).await {
+        Err(_) => Err(ClusterError::Timeout(timeout)),
+        Ok(Ok(read_log_id)) => Ok(read_log_id.map(|log_id| log_id.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+            Err(not_leader(forward))
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+            Err(ClusterError::NoLeader)
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Raft(fatal.to_string())),
+    }
+}
+
+/// Makes reads on this node linearizable: on the leader by a quorum round, on a follower
+/// by asking the leader for its read index and waiting until this node applied it.
+async fn linearize(inner: &Inner) -> Result<()> {
+    let leader_addr = match linearize_locally(inner).await {
+        Err(ClusterError::NotLeader { leader_addr, .. }) => leader_addr,
+        outcome => return outcome.map(|_| ()),
+    };
+    let timeout = inner.options.request_timeout;
+    let asked: std::result::Result<Result<Option<u64>>, CallError> =
+        inner.options.client.call(&leader_addr, READ_INDEX_PATH, &(), timeout).await;
+    let Some(index) = asked.map_err(call_error)?? else { return Ok(()) };
+    inner
+        .raft
+        .wait(Some(timeout))
+        .applied_index_at_least(Some(index), "read index")
+        .await
+        .map(|_| ())
+        .map_err(|_| ClusterError::Timeout(timeout))
+}
+
+fn call_error(error: CallError) -> ClusterError {
+    ClusterError::Unreachable(error.to_string())
 }
 
 fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {

@@ -1,7 +1,7 @@
 use crate::types::{NodeId, Rejection};
 
 /// Errors of the Raft layer, as callers need to tell them apart.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ClusterError {
     /// No leader is known right now (election in progress or quorum lost).
     #[error("no raft leader is known right now")]
@@ -9,6 +9,9 @@ pub enum ClusterError {
     /// Another node leads; the request must go there.
     #[error("node {leader_id} leads the cluster")]
     NotLeader { leader_id: NodeId, leader_addr: String },
+    /// Another node could not be reached (the leader, for a forwarded request).
+    #[error("{0}")]
+    Unreachable(String),
     /// The cluster did not answer in time (for example, quorum is lost).
     #[error("the cluster did not answer within {0:?}")]
     Timeout(std::time::Duration),

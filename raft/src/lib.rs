@@ -1,6 +1,7 @@
 //! shoal's Raft layer: the openraft type config, the replicated state machine, the
 //! HTTP Raft network and [`Cluster`], the handle through which the API writes and reads.
 
+pub mod auth;
 mod blob;
 mod cluster;
 mod error;
@@ -12,10 +13,12 @@ mod progress;
 mod state_machine;
 mod types;
 
+pub use auth::ClusterSecret;
 pub use blob::{BlobCommand, BlobMeta, BlobRecord, ClusterBlobStore, CHUNK_BYTES};
 pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus};
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};
+pub use network::{CallError, InternalClient};
 pub use progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{

@@ -1,4 +1,5 @@
-//! Raft RPCs over HTTP: postcard bodies POSTed to `/internal/raft/*` of the target node.
+//! Node-to-node calls over HTTP: postcard bodies POSTed to `/internal/*` of the target
+//! node, signed with the cluster secret; openraft's network on top of them.
 
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_storage::codec;
 
+use crate::auth::{ClusterSecret, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::types::{Node, NodeId, TypeConfig};
+use crate::unix_millis;
 
 /// The path of the append-entries RPC.
 pub const APPEND_PATH: &str = "/internal/raft/append";
@@ -23,20 +26,116 @@ pub const VOTE_PATH: &str = "/internal/raft/vote";
 /// The path of the install-snapshot RPC.
 pub const SNAPSHOT_PATH: &str = "/internal/raft/snapshot";
 
-/// Creates one [`Connection`] per target node, all sharing one HTTP connection pool.
-#[derive(Debug, Clone)]
-pub struct Network {
-    client: reqwest::Client,
+/// The path through which followers hand writes to the leader.
+pub const FORWARD_PATH: &str = "/internal/raft/forward";
+/// The path through which followers ask the leader for a read index.
+pub const READ_INDEX_PATH: &str = "/internal/raft/read-index";
+/// The path through which a new node asks the leader to add it.
+pub const JOIN_PATH: &str = "/internal/cluster/join";
+
+/// Why an internal call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Nothing answered at the address.
+    #[error("{addr} is unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The peer answered, but not with a usable response.
+    #[error("{addr} failed: {reason}")]
+    Failed { addr: String, reason: String },
 }
 
-impl Network {
-    /// Returns a network whose connections give up connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
+/// Signed HTTP calls to other nodes' `/internal/*` endpoints, over one connection pool.
+#[derive(Debug, Clone)]
+pub struct InternalClient {
+    http: reqwest::Client,
+    secret: ClusterSecret,
+}
+
+impl InternalClient {
+    /// Returns a client that signs with `secret` and gives up connecting after
+    /// `connect_timeout`.
+    pub fn new(secret: ClusterSecret, connect_timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .build()
-            .expect("an HTTP client without TLS always builds");
+            .expect("the HTTP client builds");
+        Self { http, secret }
+    }
+
+    /// Returns the secret requests are signed with.
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.secret
+    }
+
+    /// POSTs `body` to `path` on the node at `addr` (`host:port`), signed, and returns
+    /// the response body of a 2xx answer.
+    pub async fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let timestamp = unix_millis();
+        let signature = self.secret.sign("POST", path, timestamp, &body);
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| {
+                let reason = error.to_string();
+                if error.is_connect() {
+                    CallError::Unreachable { addr: addr.to_string(), reason }
+                } else {
+                    CallError::Failed { addr: addr.to_string(), reason }
+                }
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|error| CallError::Failed {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        })?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(CallError::Failed {
+                addr: addr.to_string(),
+                reason: format!("{path} answered {status}: {text}"),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// POSTs `request` (postcard) and decodes the postcard response.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = self.post(addr, path, codec::encode(request), timeout).await?;
+        codec::decode(&body, "internal response").map_err(|error| CallError::Failed {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        })
+    }
+}
+
+/// Creates one [`Connection`] per target node, all sharing one [`InternalClient`].
+#[derive(Debug, Clone)]
+pub struct Network {
+    client: InternalClient,
+}
+
+impl Network {
+    /// Returns the Raft network over `client`.
+    pub fn new(client: InternalClient) -> Self {
         Self { client }
     }
 }
@@ -45,20 +144,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        Connection {
-            client: self.client.clone(),
-            target,
-            base_url: format!("http://{}", node.addr),
-        }
+        Connection { client: self.client.clone(), target, addr: node.addr.clone() }
     }
 }
 
 /// Sends the Raft RPCs of this node to one target node.
 #[derive(Debug)]
 pub struct Connection {
-    client: reqwest::Client,
+    client: InternalClient,
     target: NodeId,
-    base_url: String,
+    addr: String,
 }
 
 impl Connection {
@@ -73,30 +168,17 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base_url))
-            .timeout(option.hard_ttl())
-            .body(codec::encode(request))
-            .send()
-            .await
-            .map_err(|error| {
-                if error.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&error))
-                } else {
-                    RPCError::Network(NetworkError::new(&error))
-                }
-            })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body).into_owned();
-            let error = std::io::Error::other(format!("{path} answered {status}: {text}"));
-            return Err(RPCError::Network(NetworkError::new(&error)));
+        let outcome: Result<Result<Resp, RaftError<NodeId, E>>, CallError> =
+            self.client.call(&self.addr, path, request, option.hard_ttl()).await;
+        match outcome {
+            Ok(outcome) => {
+                outcome.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Err(error @ CallError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&error)))
+            }
+            Err(error) => Err(RPCError::Network(NetworkError::new(&error))),
         }
-        let outcome: Result<Resp, RaftError<NodeId, E>> = codec::decode(&body, "raft rpc response")
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        outcome.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
     }
 }
 

@@ -103,6 +103,21 @@ pub enum ProgressCommand {
     Update { id: String, attempt: u32, seq: u64, update: ProgressUpdate },
 }
 
+/// How long an unfinished record lives at least after its last milestone: parts may
+/// wait in the queue or read a slow source for longer than the TTL, which counts from
+/// the end (as the classic setup's `EX 300` did for a finished tracker).
+pub const UNFINISHED_GRACE_MS: u64 = 3_600_000;
+
+/// Returns the deadline of `record` after a change at `now_ms`.
+fn deadline(record: &ProgressRecord, now_ms: u64) -> u64 {
+    let ttl_ms = if record.status.is_terminal() {
+        record.ttl_ms
+    } else {
+        record.ttl_ms.max(UNFINISHED_GRACE_MS)
+    };
+    now_ms.saturating_add(ttl_ms)
+}
+
 /// Reads progress record `id`, expired or not.
 pub(crate) fn read(state: &dyn Tree, id: &str) -> shoal_storage::Result<Option<ProgressRecord>> {
     state.get(&keys::progress(id))?.map(|bytes| codec::decode(&bytes, "progress")).transpose()
@@ -136,7 +151,7 @@ pub(crate) fn apply(
             }
             record.created_at_ms = now_ms;
             record.updated_at_ms = now_ms;
-            record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
+            record.expires_at_ms = deadline(&record, now_ms);
             put(batch, &id, &record);
             Ok(Response::Progress { id, record })
         }
@@ -151,7 +166,7 @@ pub(crate) fn apply(
             if record.status.is_terminal() {
                 return Ok(Response::Rejected(Rejection::ProgressFinished));
             }
-            batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, &id));
+            let old_deadline = record.expires_at_ms;
             match update {
                 ProgressUpdate::Started => record.status = ProgressStatus::Running,
                 ProgressUpdate::PartCompleted { part, pages, records } => {
@@ -178,7 +193,9 @@ pub(crate) fn apply(
             }
             record.last_seq = record.last_seq.max(seq);
             record.updated_at_ms = now_ms;
-            record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
+            record.expires_at_ms = deadline(&record, now_ms);
+            // Only now that the update is known to apply does the old index entry go.
+            batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_PROGRESS, &id));
             put(batch, &id, &record);
             Ok(Response::Progress { id, record })
         }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_raft::{
-    unix_millis, Cluster, ClusterError, ClusterOptions, Command, Node, Rejection, Response,
-    SessionChange,
+    unix_millis, Cluster, ClusterError, ClusterOptions, ClusterSecret, Command, InternalClient,
+    Node, Rejection, Response, SessionChange,
 };
 use shoal_storage::{Engine, SledEngine};
 
@@ -21,6 +21,7 @@ fn options() -> ClusterOptions {
         snapshot_after_logs: 50,
         logs_kept_after_snapshot: 10,
         request_timeout: Duration::from_secs(5),
+        client: InternalClient::new(ClusterSecret::random(), Duration::from_secs(1)),
     }
 }
 
@@ -235,6 +236,12 @@ async fn progress_records_follow_their_milestones_and_expire() {
     assert_eq!(
         (record.status, record.completed_parts(), record.last_seq),
         (ProgressStatus::Running, 1, 3)
+    );
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        cluster.reader().progress("s1", unix_millis()).unwrap().is_some(),
+        "an unfinished record outlives its TTL, which counts from its end"
     );
 
     let stale = update(4, 2, ProgressUpdate::Started);

@@ -93,6 +93,13 @@ impl From<ClusterError> for ApiError {
                 "not_leader",
                 format!("node {leader_id} leads the cluster; retry shortly"),
             ),
+            ClusterError::Unreachable(reason) => {
+                tracing::warn!(%reason, "a peer could not be reached");
+                Self::unavailable(
+                    "unreachable",
+                    "the cluster leader could not be reached; retry shortly",
+                )
+            }
             ClusterError::Timeout(timeout) => Self::unavailable(
                 "timeout",
                 format!(

@@ -3,6 +3,7 @@
 mod downloads;
 mod error;
 mod health;
+mod internal;
 mod json;
 mod progress;
 mod searches;
@@ -18,7 +19,7 @@ use axum::Router;
 pub use error::{ApiError, ApiResult};
 use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
-use shoal_raft::{Cluster, Toucher};
+use shoal_raft::{Cluster, ClusterSecret, Toucher};
 
 use crate::jobs::Searches;
 use crate::reports::Reports;
@@ -40,6 +41,8 @@ pub struct NodeContext {
     pub hub: Arc<Hub>,
     pub searches: Arc<Searches>,
     pub reports: Arc<Reports>,
+    /// Signs and checks `/internal/*` requests.
+    pub secret: ClusterSecret,
 }
 
 /// Cheaply clonable handle on the [`NodeContext`].
@@ -65,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(searches::routes())
         .merge(trackers::routes())
         .merge(downloads::routes())
+        .merge(internal::routes(state.secret.clone()))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see README.md for the API")
         })

@@ -138,8 +138,8 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                     None => return Ok(StatusCode::NO_CONTENT.into_response()),
                 }
             } else {
-                let head = resume
-                    .is_none()
+                // A resume point the topic cannot replay from starts over with a snapshot.
+                let head = (!subscription.resumed)
                     .then(|| snapshot_event(&id, topic.attempt, subscription.seq, &record));
                 let last_seen =
                     subscription.replay.last().map_or(subscription.seq, |event| event.seq);

@@ -74,8 +74,8 @@ async fn create_tracker(
         ttl_ms: app.config.progress_ttl.as_millis() as u64,
         expires_at_ms: 0,
     };
-    app.hub.open(&id, 1, 0);
     let record = crate::jobs::create(&app.cluster, &id, record).await?;
+    app.hub.open(&id, record.attempt, record.last_seq);
     tracing::info!(tracker_id = %id, total = body.total, "created progress tracker: {id} ({} parts) [mode: cluster]", body.total);
     let mut view = view(&id, &record);
     view["events_url"] = json!(format!("/api/trackers/{id}/events"));
@@ -116,7 +116,8 @@ async fn post_event(
     let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
     let (status, kind) = match event.kind.as_str() {
         "progress" => {
-            let seq = topic.publish("progress", event.data).await;
+            let seq =
+                topic.publish("progress", event.data).await.ok_or(Rejection::ProgressFinished)?;
             return Ok(
                 (StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response()
             );
@@ -153,8 +154,9 @@ async fn post_event(
                 json!({ "status": status.as_str(), "result": data, "error": error }),
             )
         })
-        .await?;
-    app.hub.retire(&id, std::time::Duration::from_secs(120));
+        .await?
+        .ok_or(Rejection::ProgressFinished)?;
+    app.hub.retire(&id, &topic, std::time::Duration::from_secs(120));
     Ok((StatusCode::OK, Json(json!({ "id": id, "seq": seq, "status": status.as_str() })))
         .into_response())
 }

@@ -78,6 +78,17 @@ pub struct Searches {
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
+/// How many times the end of a search is tried before streams are ended anyway.
+const TERMINAL_TRIES: u32 = 3;
+
+/// How a search ended.
+struct Outcome {
+    status: ProgressStatus,
+    kind: &'static str,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
 /// How one part ended.
 enum PartOutcome {
     Done { uf: String, notices: Vec<Notice> },
@@ -145,8 +156,8 @@ impl Searches {
             ttl_ms: self.settings.progress_ttl.as_millis() as u64,
             expires_at_ms: 0,
         };
-        let topic = self.hub.open(&id, 1, 0);
         let record = create(&self.cluster, &id, record).await?;
+        let topic = self.hub.open(&id, record.attempt, record.last_seq);
         tracing::info!(
             search_id = %id,
             ufs = params.ufs.len(),
@@ -215,12 +226,29 @@ impl Searches {
         drop(outcomes);
 
         let (mut found, mut failure, mut was_cancelled) = (Vec::new(), None, false);
-        while let Some(outcome) = finished.recv().await {
-            match outcome {
-                PartOutcome::Done { uf, notices } => found.push((uf, notices)),
-                PartOutcome::Failed(error) => failure = failure.or(Some(error)),
-                PartOutcome::Cancelled => was_cancelled = true,
+        let mut received = 0;
+        let mut cancel_requested = cancelled.clone();
+        loop {
+            tokio::select! {
+                outcome = finished.recv() => {
+                    let Some(outcome) = outcome else { break };
+                    received += 1;
+                    match outcome {
+                        PartOutcome::Done { uf, notices } => found.push((uf, notices)),
+                        PartOutcome::Failed(error) => failure = failure.or(Some(error)),
+                        PartOutcome::Cancelled => was_cancelled = true,
+                    }
+                }
+                // Parts still queued behind other searches would notice only when they
+                // start: end the search now, they stop at once when they do.
+                _ = cancel_requested.wait_for(|cancelled| *cancelled) => {
+                    was_cancelled = true;
+                    break;
+                }
             }
+        }
+        if !was_cancelled && failure.is_none() && received < params.ufs.len() {
+            failure = Some("a part stopped unexpectedly; see the node's log".to_string());
         }
         // Rows in the order the UFs were asked for, whatever order the parts ended in.
         found.sort_by_key(|(uf, _)| params.ufs.iter().position(|wanted| wanted == uf));
@@ -239,34 +267,57 @@ impl Searches {
                 Err(error) => (ProgressStatus::Failed, "failed", None, Some(error)),
             }
         };
-        let finish = topic
-            .publish_durable(kind, |seq| {
-                let update = ProgressUpdate::Finished {
-                    status,
-                    result: result.as_ref().map(Value::to_string),
-                    error: error.clone(),
-                };
-                let cluster = self.cluster.clone();
-                let id = id.clone();
-                async move {
-                    let command = ProgressCommand::Update { id, attempt, seq, update };
-                    cluster.write(Command::Progress(command)).await?;
-                    Ok::<_, ClusterError>(
-                        json!({ "status": status.as_str(), "result": result, "error": error }),
-                    )
+        self.finish(&id, &topic, Outcome { status, kind, result, error }).await;
+        tracing::info!(search_id = %id, status = status.as_str(), total_records, "search finished");
+        self.cancels.lock().expect("cancels lock").remove(&id);
+        self.hub.retire(&id, &topic, TOPIC_LINGER);
+    }
+
+    /// Records the end of a search through Raft and publishes its terminal event,
+    /// retrying a few times; if it still cannot be recorded, publishes a `failed` event
+    /// anyway, so that no client waits for an end that never comes.
+    async fn finish(&self, id: &str, topic: &Topic, outcome: Outcome) {
+        let mut last_error = None;
+        for try_number in 1..=TERMINAL_TRIES {
+            let recorded = topic
+                .publish_durable(outcome.kind, |seq| {
+                    let update = ProgressUpdate::Finished {
+                        status: outcome.status,
+                        result: outcome.result.as_ref().map(Value::to_string),
+                        error: outcome.error.clone(),
+                    };
+                    let command = ProgressCommand::Update {
+                        id: id.to_string(),
+                        attempt: topic.attempt,
+                        seq,
+                        update,
+                    };
+                    let data = json!({
+                        "status": outcome.status.as_str(),
+                        "result": outcome.result,
+                        "error": outcome.error,
+                    });
+                    async move {
+                        self.cluster.write(Command::Progress(command)).await?;
+                        Ok::<_, ClusterError>(data)
+                    }
+                })
+                .await;
+            match recorded {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(search_id = %id, %error, try_number, "recording the end of a search failed");
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(500) * try_number).await;
                 }
-            })
-            .await;
-        match finish {
-            Ok(_) => {
-                tracing::info!(search_id = %id, status = status.as_str(), total_records, "search finished")
-            }
-            Err(error) => {
-                tracing::error!(search_id = %id, %error, "recording the end of a search failed")
             }
         }
-        self.cancels.lock().expect("cancels lock").remove(&id);
-        self.hub.retire(&id, TOPIC_LINGER);
+        let error =
+            format!("could not record the end of the search: {}", last_error.expect("tried"));
+        tracing::error!(search_id = %id, %error, "ending the event stream unrecorded");
+        topic
+            .publish("failed", json!({ "status": "failed", "result": null, "error": error }))
+            .await;
     }
 }
 

@@ -66,7 +66,11 @@ impl WorkerPool {
                     drop(slot);
                     counters.queued.fetch_sub(1, Ordering::Relaxed);
                     counters.active.fetch_add(1, Ordering::Relaxed);
-                    let succeeded = job.await;
+                    // Run the job as its own task: a panic fails the job, not the worker.
+                    let succeeded = tokio::spawn(job).await.unwrap_or_else(|panic| {
+                        tracing::error!(%panic, "a search part panicked");
+                        false
+                    });
                     counters.active.fetch_sub(1, Ordering::Relaxed);
                     let outcome = if succeeded { &counters.completed } else { &counters.failed };
                     outcome.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,9 @@ use tokio::sync::broadcast;
 
 /// Live events a slow subscriber may fall behind by before it re-reads the history.
 const LIVE_BUFFER: usize = 256;
+/// Events a topic keeps for resuming clients; older ones are dropped in halves, and a
+/// client resuming before them gets a fresh snapshot instead.
+const MAX_HISTORY: usize = 10_000;
 
 /// One event of a search or tracker.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +50,8 @@ pub struct Topic {
 
 #[derive(Debug, Default)]
 struct TopicLog {
+    /// Events up to this one are not in `history` (before the topic opened, or dropped).
+    base_seq: u64,
     last_seq: u64,
     history: Vec<Arc<ProgressEvent>>,
     finished: bool,
@@ -59,6 +64,8 @@ pub struct Subscription<T> {
     pub seq: u64,
     /// What `read` returned, taken under the topic's lock.
     pub state: T,
+    /// Whether `replay` continues from the requested point (else send a snapshot).
+    pub resumed: bool,
     pub replay: Vec<Arc<ProgressEvent>>,
     pub live: broadcast::Receiver<Arc<ProgressEvent>>,
     /// Whether the terminal event has been published (in `replay` or before it).
@@ -68,26 +75,35 @@ pub struct Subscription<T> {
 impl Topic {
     fn new(attempt: u32, last_seq: u64) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let log = TopicLog { last_seq, history: Vec::new(), finished: false };
+        let log = TopicLog { base_seq: last_seq, last_seq, history: Vec::new(), finished: false };
         Self { attempt, log: tokio::sync::Mutex::new(log), live }
     }
 
-    /// Publishes an event that is not recorded in Raft (per-page progress).
-    pub async fn publish(&self, kind: &'static str, data: Value) -> u64 {
+    /// Publishes an event that is not recorded in Raft (per-page progress); `None` once
+    /// the terminal event is out, as nothing may follow it.
+    pub async fn publish(&self, kind: &'static str, data: Value) -> Option<u64> {
         let mut log = self.log.lock().await;
-        self.push(&mut log, kind, data)
+        (!log.finished).then(|| self.push(&mut log, kind, data))
     }
 
     /// Publishes a milestone after `record(seq)` stored it durably and returned the
     /// event's data; if that fails, nothing is published and the number is not used.
-    pub async fn publish_durable<F, Fut, E>(&self, kind: &'static str, record: F) -> Result<u64, E>
+    /// `Ok(None)`: the terminal event is out already; `record` is not called.
+    pub async fn publish_durable<F, Fut, E>(
+        &self,
+        kind: &'static str,
+        record: F,
+    ) -> Result<Option<u64>, E>
     where
         F: FnOnce(u64) -> Fut,
         Fut: Future<Output = Result<Value, E>>,
     {
         let mut log = self.log.lock().await;
+        if log.finished {
+            return Ok(None);
+        }
         let data = record(log.last_seq + 1).await?;
-        Ok(self.push(&mut log, kind, data))
+        Ok(Some(self.push(&mut log, kind, data)))
     }
 
     fn push(&self, log: &mut TopicLog, kind: &'static str, data: Value) -> u64 {
@@ -96,6 +112,10 @@ impl Topic {
             Arc::new(ProgressEvent { attempt: self.attempt, seq: log.last_seq, kind, data });
         log.finished |= event.is_terminal();
         log.history.push(event.clone());
+        if log.history.len() > MAX_HISTORY {
+            log.history.drain(..MAX_HISTORY / 2);
+            log.base_seq = log.history[0].seq - 1;
+        }
         // No receiver is fine: nobody is watching right now.
         let _ = self.live.send(event);
         log.last_seq
@@ -109,6 +129,9 @@ impl Topic {
         read: impl FnOnce() -> T,
     ) -> Subscription<T> {
         let log = self.log.lock().await;
+        // A resume point older than the history (or newer than anything published) cannot
+        // be replayed exactly: the subscriber starts over from a snapshot.
+        let after = after.filter(|after| (log.base_seq..=log.last_seq).contains(after));
         let replay = match after {
             Some(after) => log.history.iter().filter(|event| event.seq > after).cloned().collect(),
             None => Vec::new(),
@@ -116,6 +139,7 @@ impl Topic {
         Subscription {
             seq: log.last_seq,
             state: read(),
+            resumed: after.is_some(),
             replay,
             live: self.live.subscribe(),
             finished: log.finished,
@@ -159,12 +183,17 @@ impl Hub {
 
     /// Forgets the topic of `id` after `linger`, so late reconnects can still resume from
     /// memory; later ones are served from the replicated record.
-    pub fn retire(self: &Arc<Self>, id: &str, linger: Duration) {
+    pub fn retire(self: &Arc<Self>, id: &str, topic: &Arc<Topic>, linger: Duration) {
         let hub = self.clone();
         let id = id.to_string();
+        let topic = topic.clone();
         tokio::spawn(async move {
             tokio::time::sleep(linger).await;
-            hub.topics.lock().expect("hub lock").remove(&id);
+            let mut topics = hub.topics.lock().expect("hub lock");
+            // A later attempt may have opened its own topic meanwhile: leave that one.
+            if topics.get(&id).is_some_and(|current| Arc::ptr_eq(current, &topic)) {
+                topics.remove(&id);
+            }
         });
     }
 }
@@ -186,19 +215,30 @@ mod tests {
         let mut resumed = topic.subscribe(Some(1), || ()).await;
         assert_eq!(resumed.replay.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
 
-        let failed: Result<u64, &str> =
+        let failed: Result<Option<u64>, &str> =
             topic.publish_durable("part_completed", |_| async { Err("no quorum") }).await;
         assert!(failed.is_err());
         let seq = topic.publish_durable("completed", |seq| async move {
             assert_eq!(seq, 4, "a failed durable publish does not use its number");
             Ok::<_, ()>(json!({}))
         });
-        assert_eq!(seq.await, Ok(4));
+        assert_eq!(seq.await, Ok(Some(4)));
         let live = resumed.live.recv().await.unwrap();
         assert_eq!(
             (live.seq, live.kind, live.is_terminal(), live.id()),
             (4, "completed", true, "1:4".to_string())
         );
         assert_eq!(topic.since(2).await.len(), 2);
+        assert!(resumed.resumed && !fresh.resumed);
+
+        // Nothing follows the terminal event.
+        assert_eq!(topic.publish("progress", json!({})).await, None);
+        let after_end: Result<Option<u64>, ()> =
+            topic.publish_durable("failed", |_| async { panic!("not called") }).await;
+        assert_eq!(after_end, Ok(None));
+        // A resume point the topic never had starts over with a snapshot.
+        let opened_later = Topic::new(1, 10);
+        assert!(!opened_later.subscribe(Some(3), || ()).await.resumed);
+        assert!(opened_later.subscribe(Some(10), || ()).await.resumed);
     }
 }
