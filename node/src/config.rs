@@ -22,7 +22,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a node (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the cluster as a node sees it: members, addresses, gossip state, Raft roles.
+    Status {
+        /// Base URL of any node
+        #[arg(long, env = "SHOAL_NODE", default_value = "http://127.0.0.1:8000")]
+        node: String,
+    },
+    /// Remove a member from the cluster (needs the admin token).
+    RemoveNode {
+        /// The node id to remove (see `shoal status`)
+        node_id: u64,
+        /// Base URL of any node
+        #[arg(long, env = "SHOAL_NODE", default_value = "http://127.0.0.1:8000")]
+        node: String,
+        /// The cluster's admin token
+        #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
 }
 
 /// The log line format.
@@ -61,6 +78,45 @@ pub struct ServeArgs {
     /// Name of this instance in logs and /api/health [default: shoal-<node id>]
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
+
+    /// HTTP addresses (host:port) of other nodes to form or join a cluster with,
+    /// comma-separated; the same list on every node is fine (self is skipped)
+    #[arg(long, env = "SHOAL_PEERS", value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub peers: Vec<String>,
+
+    /// UDP port for gossip [default: the HTTP port number]; peers are assumed to use the
+    /// same rule
+    #[arg(long, env = "SHOAL_GOSSIP_PORT")]
+    pub gossip_port: Option<u16>,
+
+    /// How often gossip runs (failure detection scales with it)
+    #[arg(long, env = "SHOAL_GOSSIP_INTERVAL_MS", default_value_t = 500, value_name = "MS")]
+    pub gossip_interval_ms: u64,
+
+    /// Nodes that form a new cluster together [default: distinct --peers plus self, or 1]
+    #[arg(long, env = "SHOAL_BOOTSTRAP_EXPECT")]
+    pub bootstrap_expect: Option<usize>,
+
+    /// Voters the autopilot keeps at most (kept odd)
+    #[arg(long, env = "SHOAL_MAX_VOTERS", default_value_t = 5)]
+    pub max_voters: usize,
+
+    /// Seconds a member may be dead in gossip before the autopilot removes it
+    #[arg(long, env = "SHOAL_DEAD_NODE_TIMEOUT", default_value_t = 600, value_name = "SECS")]
+    pub dead_node_timeout: u64,
+
+    /// Token for the admin endpoints (`Authorization: Bearer <token>`)
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin token (instead of --admin-token)
+    #[arg(
+        long,
+        env = "SHOAL_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Secret shared by every node of a cluster; signs internal requests (required with
     /// --peers)
@@ -166,6 +222,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The cluster secret, read from the flag, the variable or the file.
     pub cluster_secret: Option<String>,
+    /// Peers' HTTP addresses, without this node's.
+    pub peers: Vec<String>,
+    pub gossip_port: Option<u16>,
+    pub gossip_interval: Duration,
+    pub bootstrap_expect: Option<usize>,
+    pub max_voters: usize,
+    pub dead_node_timeout: Duration,
+    pub admin_token: Option<String>,
     pub advertise_addr: Option<String>,
     pub data_dir: PathBuf,
     pub node_id: Option<u64>,
@@ -287,6 +351,48 @@ impl ServeArgs {
             ),
             (None, None) => None,
         };
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|peer| peer.trim().to_string())
+            .filter(|peer| !peer.is_empty())
+            .collect();
+        for peer in &peers {
+            if peer.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(invalid("peers", format!("`{peer}` is not host:port")));
+            }
+        }
+        if !peers.is_empty() && cluster_secret.is_none() {
+            return Err(invalid(
+                "peers",
+                "a cluster needs a shared secret: set --cluster-secret, SHOAL_CLUSTER_SECRET or \
+                 SHOAL_CLUSTER_SECRET_FILE to the same value on every node (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        if self.max_voters == 0 || self.max_voters % 2 == 0 {
+            return Err(invalid(
+                "max-voters",
+                format!("{} must be odd and positive (e.g. 3 or 5)", self.max_voters),
+            ));
+        }
+        if self.gossip_interval_ms == 0 || self.dead_node_timeout == 0 {
+            return Err(invalid("gossip-interval-ms/dead-node-timeout", "must be positive"));
+        }
+        let admin_token = match (self.admin_token, self.admin_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|error| {
+                        invalid(
+                            "admin-token-file",
+                            format!("cannot read {}: {error}", path.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
         if cluster_secret.as_ref().is_some_and(|secret| secret.len() < 16) {
             return Err(invalid(
                 "cluster-secret",
@@ -296,6 +402,13 @@ impl ServeArgs {
         Ok(Config {
             listen,
             cluster_secret,
+            peers,
+            gossip_port: self.gossip_port,
+            gossip_interval: Duration::from_millis(self.gossip_interval_ms),
+            bootstrap_expect: self.bootstrap_expect,
+            max_voters: self.max_voters,
+            dead_node_timeout: Duration::from_secs(self.dead_node_timeout),
+            admin_token: admin_token.filter(|token| !token.is_empty()),
             advertise_addr: self.advertise_addr,
             data_dir: self.data_dir,
             node_id: self.node_id,

@@ -4,8 +4,10 @@
 //! applications call the same function, or [`Node::start`] to get at the bound address.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 mod data_dir;
+pub mod gossip;
 pub mod jobs;
 mod metrics;
 mod node;

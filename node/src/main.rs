@@ -1,15 +1,30 @@
-//! The `shoal` binary: parse flags, set up logging, run the node.
+//! The `shoal` binary: parse flags, set up logging, run the node (or a client command).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal_node::{init_tracing, run, shutdown_signal, Cli, CliCommand};
+use shoal_node::{cli, init_tracing, run, shutdown_signal, Cli, CliCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("shoal: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = match cli.command {
-        Some(CliCommand::Serve(args)) => args,
+        Some(CliCommand::Serve(args)) => *args,
         None => cli.serve,
+        Some(CliCommand::Status { node }) => return print(runtime.block_on(cli::status(&node))),
+        Some(CliCommand::RemoveNode { node_id, node, admin_token }) => {
+            return print(runtime.block_on(cli::remove_node(
+                &node,
+                node_id,
+                admin_token.as_deref(),
+            )))
+        }
     };
     let config = match args.into_config() {
         Ok(config) => config,
@@ -19,17 +34,26 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format, &config.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("shoal: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     match runtime.block_on(run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
+            eprintln!("shoal: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(outcome: anyhow::Result<String>) -> ExitCode {
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
             eprintln!("shoal: {error:#}");
             ExitCode::FAILURE
         }

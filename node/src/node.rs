@@ -21,6 +21,10 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat};
 use crate::data_dir;
+use crate::gossip::membership::MembershipSettings;
+use crate::gossip::{
+    self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT, RAFT_UNINITIALIZED,
+};
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::reports::{DownloadSigner, Reports};
 use crate::sse::Hub;
@@ -41,6 +45,8 @@ struct Services {
     state: AppState,
     engine: Arc<dyn Engine>,
     maintenance: JoinHandle<()>,
+    membership: JoinHandle<()>,
+    gossip: Arc<Gossip>,
     stop_maintenance: watch::Sender<bool>,
 }
 
@@ -88,17 +94,29 @@ impl Node {
             client,
         };
         let cluster = Cluster::start(engine.clone(), options).await.context("cannot start raft")?;
+        let peers: Vec<String> =
+            config.peers.iter().filter(|peer| **peer != advertise_addr).cloned().collect();
+        let bootstrap_expect = config
+            .bootstrap_expect
+            .unwrap_or_else(|| peers.iter().collect::<std::collections::BTreeSet<_>>().len() + 1);
         if cluster.is_initialized().await? {
             tracing::info!(node_id, "recovered raft state from the data dir");
-        } else {
+        } else if peers.is_empty() && bootstrap_expect <= 1 {
             let members = BTreeMap::from([(node_id, RaftNode { addr: advertise_addr.clone() })]);
             cluster.initialize(members).await.context("cannot initialize a single-node cluster")?;
             tracing::info!(node_id, "initialized a new single-node cluster");
+            cluster
+                .wait_for_leader(FIRST_ELECTION_TIMEOUT)
+                .await
+                .context("no raft leader was elected")?;
+        } else {
+            tracing::info!(
+                node_id,
+                bootstrap_expect,
+                peers = ?peers,
+                "waiting to form a cluster with the peers, or to be added to theirs"
+            );
         }
-        cluster
-            .wait_for_leader(FIRST_ELECTION_TIMEOUT)
-            .await
-            .context("no raft leader was elected")?;
 
         let toucher = Toucher::default();
         let (stop_maintenance, stopped) = watch::channel(false);
@@ -147,6 +165,46 @@ impl Node {
         let settings = SearchSettings { progress_ttl: config.progress_ttl, sources };
         let searches =
             Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, reports.clone(), settings));
+        let gossip_port = config.gossip_port.unwrap_or(local_addr.port());
+        let gossip = Arc::new(
+            Gossip::start(
+                GossipSettings {
+                    node_id,
+                    listen: SocketAddr::new(local_addr.ip(), gossip_port),
+                    advertise: resolve(&advertise_addr, gossip_port).await?,
+                    seeds: peers
+                        .iter()
+                        .map(|peer| {
+                            let (host, port) = peer.rsplit_once(':').expect("validated host:port");
+                            format!(
+                                "{host}:{}",
+                                config.gossip_port.map_or(port.to_string(), |p| p.to_string())
+                            )
+                        })
+                        .collect(),
+                    interval: config.gossip_interval,
+                },
+                vec![
+                    (KEY_API_ADDR.to_string(), advertise_addr.clone()),
+                    (KEY_INSTANCE_ID.to_string(), instance_id.clone()),
+                    (KEY_RAFT.to_string(), RAFT_UNINITIALIZED.to_string()),
+                ],
+            )
+            .await?,
+        );
+        let membership = tokio::spawn(gossip::membership::run(
+            cluster.clone(),
+            gossip.clone(),
+            searches.clone(),
+            MembershipSettings {
+                bootstrap_expect,
+                max_voters: config.max_voters,
+                dead_node_timeout: config.dead_node_timeout,
+                interval: config.gossip_interval,
+                caught_up_lag: 100,
+            },
+            stop_maintenance.subscribe(),
+        ));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             toucher,
@@ -157,8 +215,11 @@ impl Node {
             searches,
             reports,
             secret,
+            gossip: gossip.clone(),
         }));
-        Ok(Self { listener, services: Services { state, engine, maintenance, stop_maintenance } })
+        let services =
+            Services { state, engine, maintenance, membership, gossip, stop_maintenance };
+        Ok(Self { listener, services })
     }
 
     /// Returns the address the listener is bound to.
@@ -193,12 +254,25 @@ impl Services {
         tracing::info!("shutting down");
         let _ = self.stop_maintenance.send(true);
         let _ = self.maintenance.await;
+        let _ = self.membership.await;
+        self.gossip.shutdown();
         self.state.cluster.shutdown().await;
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush()).await??;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Resolves `host:port`'s host, with `port` instead.
+async fn resolve(host_port: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let (host, _) = host_port.rsplit_once(':').context("an address is host:port")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
 }
 
 /// The address to record for this node when none is configured: the bound address,

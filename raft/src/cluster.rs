@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
 use tokio::sync::{oneshot, Mutex};
 
-use crate::network::{CallError, InternalClient, Network, FORWARD_PATH, READ_INDEX_PATH};
+use crate::network::{
+    CallError, InternalClient, Network, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
+};
 use crate::state_machine::{StateMachineStore, StateReader};
 use crate::types::{Command, Node, NodeId, Raft, Request, Response, TypeConfig};
 use crate::{ClusterError, Result};
@@ -33,6 +35,17 @@ pub struct ClusterOptions {
     pub request_timeout: Duration,
     /// Signed calls to other nodes (Raft RPCs, forwarded writes, read indexes).
     pub client: InternalClient,
+}
+
+/// A change of who is in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MembershipChange {
+    /// Adds a node as a learner: it receives the log but does not vote.
+    AddLearner { node_id: NodeId, addr: String },
+    /// Makes learners voters.
+    Promote { node_ids: BTreeSet<NodeId> },
+    /// Removes a voter or learner.
+    Remove { node_id: NodeId },
 }
 
 /// A node's view of the cluster, for health, metrics and `shoal status`.
@@ -212,6 +225,62 @@ impl Cluster {
         wait.await.unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
     }
 
+    /// Changes the membership (on the leader; forwarded there from a follower) and waits
+    /// until the change is committed.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        match self.change_membership_local(change.clone()).await {
+            Err(ClusterError::NotLeader { leader_addr, .. }) => {
+                let timeout = self.inner.options.request_timeout;
+                let forwarded: std::result::Result<Result<()>, CallError> = self
+                    .inner
+                    .options
+                    .client
+                    .call(&leader_addr, MEMBERSHIP_PATH, &change, timeout)
+                    .await;
+                forwarded.map_err(call_error)?
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Changes the membership if this node leads; never forwards.
+    pub async fn change_membership_local(&self, change: MembershipChange) -> Result<()> {
+        let raft = &self.inner.raft;
+        let outcome = match change {
+            MembershipChange::AddLearner { node_id, addr } => {
+                raft.add_learner(node_id, Node { addr }, false).await
+            }
+            MembershipChange::Promote { node_ids } => {
+                raft.change_membership(ChangeMembers::AddVoterIds(node_ids), true).await
+            }
+            MembershipChange::Remove { node_id } => {
+                let status = self.status();
+                let ids = BTreeSet::from([node_id]);
+                if status.voters.contains(&node_id) {
+                    if let Err(error) = raft
+                        .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                        .await
+                    {
+                        return Err(membership_error(error));
+                    }
+                }
+                raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await
+            }
+        };
+        outcome.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Returns, on the leader, the last log index each member has replicated.
+    pub fn replication(&self) -> BTreeMap<NodeId, Option<u64>> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics
+            .replication
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(node_id, matched)| (node_id, matched.map(|log_id| log_id.index)))
+            .collect()
+    }
+
     /// Returns the index a linearizable read must wait for, as the leader sees it: the
     /// leader confirms its leadership with a quorum first. Followers call this on the
     /// leader through `/internal/raft/read-index`.
@@ -336,6 +405,16 @@ async fn linearize(inner: &Inner) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|_| ClusterError::Timeout(timeout))
+}
+
+fn membership_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ClusterError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
+            ClusterError::Membership(error.to_string())
+        }
+        RaftError::Fatal(fatal) => ClusterError::Raft(fatal.to_string()),
+    }
 }
 
 fn call_error(error: CallError) -> ClusterError {

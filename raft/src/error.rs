@@ -12,6 +12,9 @@ pub enum ClusterError {
     /// Another node could not be reached (the leader, for a forwarded request).
     #[error("{0}")]
     Unreachable(String),
+    /// A membership change was refused (for example, one is already in progress).
+    #[error("membership change refused: {0}")]
+    Membership(String),
     /// The cluster did not answer in time (for example, quorum is lost).
     #[error("the cluster did not answer within {0:?}")]
     Timeout(std::time::Duration),

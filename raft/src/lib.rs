@@ -15,7 +15,7 @@ mod types;
 
 pub use auth::ClusterSecret;
 pub use blob::{BlobCommand, BlobMeta, BlobRecord, ClusterBlobStore, CHUNK_BYTES};
-pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus};
+pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus, MembershipChange};
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};
 pub use network::{CallError, InternalClient};

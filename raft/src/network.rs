@@ -30,8 +30,8 @@ pub const SNAPSHOT_PATH: &str = "/internal/raft/snapshot";
 pub const FORWARD_PATH: &str = "/internal/raft/forward";
 /// The path through which followers ask the leader for a read index.
 pub const READ_INDEX_PATH: &str = "/internal/raft/read-index";
-/// The path through which a new node asks the leader to add it.
-pub const JOIN_PATH: &str = "/internal/cluster/join";
+/// The path through which membership changes reach the leader.
+pub const MEMBERSHIP_PATH: &str = "/internal/cluster/membership";
 
 /// Why an internal call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -93,6 +93,9 @@ impl From<ClusterError> for ApiError {
                 "not_leader",
                 format!("node {leader_id} leads the cluster; retry shortly"),
             ),
+            ClusterError::Membership(reason) => {
+                Self::new(StatusCode::CONFLICT, "membership", reason)
+            }
             ClusterError::Unreachable(reason) => {
                 tracing::warn!(%reason, "a peer could not be reached");
                 Self::unavailable(

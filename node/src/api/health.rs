@@ -19,17 +19,15 @@ pub fn routes() -> Router<AppState> {
 
 async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
     let status = app.cluster.status();
-    let members: Vec<_> = status
-        .members
-        .iter()
-        .map(|(node_id, addr)| {
-            let is_self = *node_id == status.node_id;
+    let members: Vec<_> = super::cluster::members(&app)
+        .await
+        .into_iter()
+        .map(|member| {
             json!({
-                "node_id": node_id,
-                "instance_id": is_self.then_some(&app.instance_id),
-                "addr": addr,
-                // Liveness of other members comes from gossip; until then it is unknown.
-                "alive": is_self.then_some(true),
+                "node_id": member["node_id"],
+                "instance_id": member["instance_id"],
+                "addr": member["addr"],
+                "alive": member["alive"],
             })
         })
         .collect();

@@ -10,8 +10,10 @@ use axum::routing::post;
 use axum::Router;
 use serde::de::DeserializeOwned;
 use shoal_raft::auth::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use shoal_raft::network::{APPEND_PATH, FORWARD_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH};
-use shoal_raft::{unix_millis, ClusterSecret, Command};
+use shoal_raft::network::{
+    APPEND_PATH, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH,
+};
+use shoal_raft::{unix_millis, ClusterSecret, Command, MembershipChange};
 use shoal_storage::codec;
 
 use super::error::ApiError;
@@ -27,6 +29,7 @@ pub fn routes(secret: ClusterSecret) -> Router<AppState> {
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(FORWARD_PATH, post(forward))
         .route(READ_INDEX_PATH, post(read_index))
+        .route(MEMBERSHIP_PATH, post(membership))
         .layer(axum::middleware::from_fn_with_state(secret, authenticate))
 }
 
@@ -98,6 +101,13 @@ async fn snapshot(State(app): State<AppState>, body: Bytes) -> Response {
 async fn forward(State(app): State<AppState>, body: Bytes) -> Response {
     match decode::<Command>(&body) {
         Ok(command) => encoded(&app.cluster.write_local(command).await),
+        Err(response) => response,
+    }
+}
+
+async fn membership(State(app): State<AppState>, body: Bytes) -> Response {
+    match decode::<MembershipChange>(&body) {
+        Ok(change) => encoded(&app.cluster.change_membership_local(change).await),
         Err(response) => response,
     }
 }

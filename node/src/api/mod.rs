@@ -1,5 +1,6 @@
 //! The public HTTP API of DESIGN §6 and the state its handlers share.
 
+mod cluster;
 mod downloads;
 mod error;
 mod health;
@@ -21,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
 use shoal_raft::{Cluster, ClusterSecret, Toucher};
 
+use crate::gossip::Gossip;
 use crate::jobs::Searches;
 use crate::reports::Reports;
 use crate::sse::Hub;
@@ -43,6 +45,7 @@ pub struct NodeContext {
     pub reports: Arc<Reports>,
     /// Signs and checks `/internal/*` requests.
     pub secret: ClusterSecret,
+    pub gossip: Arc<Gossip>,
 }
 
 /// Cheaply clonable handle on the [`NodeContext`].
@@ -68,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(searches::routes())
         .merge(trackers::routes())
         .merge(downloads::routes())
+        .merge(cluster::routes())
         .merge(internal::routes(state.secret.clone()))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see README.md for the API")

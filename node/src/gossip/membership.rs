@@ -1,0 +1,200 @@
+//! The membership loop: publishes this node's state in gossip, bootstraps a new cluster
+//! from the peer list (DESIGN §8), and on the leader runs the autopilot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_raft::{Cluster, MembershipChange, Node as RaftNode, NodeId};
+use tokio::sync::watch;
+
+use super::{Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, RAFT_UNINITIALIZED};
+use crate::jobs::Searches;
+
+/// How a node takes part in forming and keeping the cluster.
+#[derive(Debug, Clone)]
+pub struct MembershipSettings {
+    /// How many uninitialized nodes form a new cluster (0: never bootstrap; join only).
+    pub bootstrap_expect: usize,
+    /// Voters the autopilot keeps at most (kept odd).
+    pub max_voters: usize,
+    /// A voter dead in gossip this long is removed, when quorum stays safe.
+    pub dead_node_timeout: Duration,
+    pub interval: Duration,
+    /// A learner this close to the leader's last log index counts as caught up.
+    pub caught_up_lag: u64,
+}
+
+/// Runs the membership loop until `shutdown` turns true.
+pub async fn run(
+    cluster: Cluster,
+    gossip: Arc<Gossip>,
+    searches: Arc<Searches>,
+    settings: MembershipSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut autopilot = Autopilot::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let status = cluster.status();
+        let raft_state = if status.voters.contains(&status.node_id) {
+            "voter"
+        } else if status.learners.contains(&status.node_id) {
+            "learner"
+        } else {
+            RAFT_UNINITIALIZED
+        };
+        gossip.set(KEY_RAFT, raft_state).await;
+        gossip.set(KEY_READY, status.leader_id.is_some()).await;
+        let pool = searches.pool_stats();
+        gossip.set(KEY_LOAD, pool.active + pool.queued).await;
+
+        let members = gossip.members().await;
+        if status.members.is_empty() {
+            bootstrap(&cluster, &members, settings.bootstrap_expect).await;
+        } else if cluster.is_leader() {
+            autopilot.run(&cluster, &members, &settings).await;
+        }
+    }
+}
+
+/// On a node without a cluster: when `expect` uninitialized nodes are alive and none is
+/// initialized, the lowest id initializes Raft with exactly those; the others wait for
+/// it. A node that sees an initialized cluster waits for that cluster's leader to add it.
+async fn bootstrap(cluster: &Cluster, members: &[Member], expect: usize) {
+    let alive: Vec<&Member> = members.iter().filter(|member| member.alive).collect();
+    let joined =
+        |member: &&&Member| member.raft.as_deref().is_some_and(|raft| raft != RAFT_UNINITIALIZED);
+    if expect == 0 || alive.iter().any(|member| joined(&member)) {
+        return;
+    }
+    let mut waiting: Vec<&Member> = alive
+        .into_iter()
+        .filter(|member| {
+            member.raft.as_deref() == Some(RAFT_UNINITIALIZED) && member.api_addr.is_some()
+        })
+        .collect();
+    if waiting.len() < expect {
+        return;
+    }
+    waiting.sort_by_key(|member| member.node_id);
+    waiting.truncate(expect);
+    if waiting[0].node_id != cluster.node_id() {
+        return;
+    }
+    let voters: BTreeMap<NodeId, RaftNode> = waiting
+        .iter()
+        .map(|member| {
+            (member.node_id, RaftNode { addr: member.api_addr.clone().expect("filtered") })
+        })
+        .collect();
+    let ids: Vec<NodeId> = voters.keys().copied().collect();
+    match cluster.initialize(voters).await {
+        Ok(()) => tracing::info!(?ids, "bootstrapped a new cluster from the peer list"),
+        Err(error) => tracing::warn!(%error, "bootstrapping the cluster failed; retrying"),
+    }
+}
+
+/// The leader's membership decisions.
+#[derive(Debug, Default)]
+struct Autopilot {
+    /// When each member was first seen dead, for `--dead-node-timeout`.
+    dead_since: HashMap<NodeId, Instant>,
+}
+
+impl Autopilot {
+    async fn run(&mut self, cluster: &Cluster, members: &[Member], settings: &MembershipSettings) {
+        let status = cluster.status();
+        let in_cluster: BTreeSet<NodeId> =
+            status.members.iter().map(|(node_id, _)| *node_id).collect();
+        let alive: BTreeSet<NodeId> =
+            members.iter().filter(|member| member.alive).map(|member| member.node_id).collect();
+
+        // Newcomers: alive, not in a cluster, and not already here.
+        for member in members.iter().filter(|member| member.alive) {
+            let fresh = member.raft.as_deref() == Some(RAFT_UNINITIALIZED);
+            if let (true, false, Some(addr)) =
+                (fresh, in_cluster.contains(&member.node_id), &member.api_addr)
+            {
+                let change =
+                    MembershipChange::AddLearner { node_id: member.node_id, addr: addr.clone() };
+                match cluster.change_membership_local(change).await {
+                    Ok(()) => {
+                        tracing::info!(node_id = member.node_id, %addr, "autopilot added a learner")
+                    }
+                    Err(error) => tracing::debug!(%error, "adding a learner failed; retrying"),
+                }
+                return;
+            }
+        }
+
+        // Promotion: caught-up live learners, keeping the voter count odd.
+        let last_index = status.last_log_index.unwrap_or(0);
+        let replication = cluster.replication();
+        let caught_up: Vec<NodeId> = status
+            .learners
+            .iter()
+            .copied()
+            .filter(|node_id| alive.contains(node_id))
+            .filter(|node_id| {
+                let matched = replication.get(node_id).copied().flatten().unwrap_or(0);
+                matched + settings.caught_up_lag >= last_index
+            })
+            .collect();
+        let voters = status.voters.len();
+        let wanted = if voters % 2 == 1 { 2 } else { 1 };
+        if voters + wanted <= settings.max_voters && caught_up.len() >= wanted {
+            let node_ids: BTreeSet<NodeId> = caught_up.into_iter().take(wanted).collect();
+            match cluster
+                .change_membership_local(MembershipChange::Promote { node_ids: node_ids.clone() })
+                .await
+            {
+                Ok(()) => tracing::info!(?node_ids, "autopilot promoted learners to voters"),
+                Err(error) => tracing::debug!(%error, "promotion failed; retrying"),
+            }
+            return;
+        }
+
+        // Removal: a member dead longer than the timeout, if the rest keep a live quorum.
+        let now = Instant::now();
+        self.dead_since
+            .retain(|node_id, _| !alive.contains(node_id) && in_cluster.contains(node_id));
+        for node_id in in_cluster.iter().filter(|node_id| !alive.contains(node_id)) {
+            self.dead_since.entry(*node_id).or_insert(now);
+        }
+        let expired: Vec<NodeId> = self
+            .dead_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= settings.dead_node_timeout)
+            .map(|(node_id, _)| *node_id)
+            .collect();
+        for node_id in expired {
+            let remaining: Vec<NodeId> =
+                status.voters.iter().copied().filter(|voter| *voter != node_id).collect();
+            let alive_remaining = remaining.iter().filter(|voter| alive.contains(voter)).count();
+            if remaining.is_empty() || alive_remaining * 2 <= remaining.len() {
+                tracing::warn!(
+                    node_id,
+                    "a dead member stays: removing it would leave no live quorum"
+                );
+                continue;
+            }
+            match cluster.change_membership_local(MembershipChange::Remove { node_id }).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        node_id,
+                        "autopilot removed a member dead longer than --dead-node-timeout"
+                    );
+                    self.dead_since.remove(&node_id);
+                }
+                Err(error) => tracing::debug!(%error, "removing a dead member failed; retrying"),
+            }
+            return;
+        }
+    }
+}
