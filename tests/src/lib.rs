@@ -92,9 +92,14 @@ pub struct TestNode {
 impl TestNode {
     /// Starts `shoal` on a free loopback port with its data in `data_dir`.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(free_port(), data_dir, extra_args)
+    }
+
+    /// Starts `shoal` on loopback port `port` with its data in `data_dir`.
+    pub fn start_on(port: u16, data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         let mut node = Self {
             child: None,
-            port: free_port(),
+            port,
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
@@ -226,4 +231,128 @@ pub async fn read_sse(
         anyhow::Ok((status, events))
     };
     tokio::time::timeout(deadline, read).await.context("the SSE stream did not end in time")?
+}
+
+/// The secret test clusters share.
+pub const TEST_SECRET: &str = "test-cluster-secret-0123456789";
+
+/// Raft and gossip timings for multi-node tests: fast, with room for a loaded machine.
+pub const CLUSTER_ARGS: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "50",
+    "--election-timeout-ms",
+    "300",
+    "--gossip-interval-ms",
+    "100",
+    "--maintenance-interval-ms",
+    "200",
+    "--cluster-secret",
+    TEST_SECRET,
+];
+
+/// Returns `GET url` as JSON.
+pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    Ok(response.json().await?)
+}
+
+/// Several `shoal` processes started with the same peer list.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    root: PathBuf,
+    args: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `count` nodes in `root`, each with every node in `--peers`.
+    pub fn start(root: &Path, count: usize, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let mut cluster = Self { nodes: Vec::new(), root: root.to_path_buf(), args: Vec::new() };
+        cluster.args = CLUSTER_ARGS.iter().chain(extra_args).map(|arg| arg.to_string()).collect();
+        let peers =
+            ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",");
+        for (index, port) in ports.into_iter().enumerate() {
+            cluster.nodes.push(cluster.spawn(index, port, &peers)?);
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&self, index: usize, port: u16, peers: &str) -> anyhow::Result<TestNode> {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend(["--peers", peers, "--instance-id"]);
+        let instance = format!("node-{index}");
+        args.push(&instance);
+        TestNode::start_on(port, &self.root.join(format!("n{index}")), &args)
+    }
+
+    /// Wraps nodes started by hand (with `CLUSTER_ARGS`) into a cluster.
+    pub fn from_nodes(nodes: Vec<TestNode>) -> Self {
+        let root = nodes
+            .first()
+            .and_then(|node| node.data_dir.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let args = CLUSTER_ARGS.iter().map(|arg| arg.to_string()).collect();
+        Self { nodes, root, args }
+    }
+
+    /// Starts one more node whose `--peers` names only the nodes at `seeds`.
+    pub fn add_node(&mut self, seeds: &[usize]) -> anyhow::Result<usize> {
+        let peers = seeds
+            .iter()
+            .map(|seed| format!("127.0.0.1:{}", self.nodes[*seed].port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let index = self.nodes.len();
+        let node = self.spawn(index, free_port(), &peers)?;
+        self.nodes.push(node);
+        Ok(index)
+    }
+
+    /// Waits until every running node in `indexes` sees the same leader and `voters`
+    /// voters, and returns the leader's node index.
+    pub async fn wait_converged(
+        &self,
+        indexes: &[usize],
+        voters: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<usize> {
+        let found = std::sync::Arc::new(std::sync::Mutex::new(None));
+        wait_until("the nodes agree on a leader and the voters", deadline, || {
+            let urls: Vec<String> =
+                indexes.iter().map(|i| self.nodes[*i].url("/api/health")).collect();
+            let found = found.clone();
+            async move {
+                let mut views = Vec::new();
+                for url in &urls {
+                    views.push(get_json(url).await?);
+                }
+                let first = &views[0]["cluster"];
+                let agree = views.iter().all(|view| {
+                    view["cluster"]["leader_id"] == first["leader_id"]
+                        && view["cluster"]["voters"] == first["voters"]
+                });
+                let ready = !first["leader_id"].is_null()
+                    && first["voters"].as_array().map_or(0, Vec::len) == voters;
+                if agree && ready {
+                    *found.lock().unwrap() = views
+                        .iter()
+                        .position(|view| view["node_id"] == first["leader_id"])
+                        .map(|p| indexes[p]);
+                }
+                Ok(agree && ready)
+            }
+        })
+        .await?;
+        let leader = *found.lock().unwrap();
+        leader.context("the leader is not among the nodes asked")
+    }
+
+    /// Returns node `index`'s Raft id.
+    pub async fn node_id(&self, index: usize) -> anyhow::Result<u64> {
+        get_json(&self.nodes[index].url("/api/health")).await?["node_id"]
+            .as_u64()
+            .context("node_id")
+    }
 }

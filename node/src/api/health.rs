@@ -48,6 +48,8 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
             "last_log_index": status.last_log_index,
             "commit_index": status.committed_index,
             "last_applied": status.last_applied_index,
+            "snapshot_index": status.snapshot_index,
+            "purged_index": status.purged_index,
         },
         "thread_pool_stats": app.searches.pool_stats(),
     }))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shoal_raft::{Cluster, MembershipChange, Node as RaftNode, NodeId};
 use tokio::sync::watch;
 
-use super::{Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, RAFT_UNINITIALIZED};
+use super::{Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, RAFT_REMOVED, RAFT_UNINITIALIZED};
 use crate::jobs::Searches;
 
 /// How a node takes part in forming and keeping the cluster.
@@ -46,8 +46,11 @@ pub async fn run(
             "voter"
         } else if status.learners.contains(&status.node_id) {
             "learner"
-        } else {
+        } else if status.members.is_empty() {
             RAFT_UNINITIALIZED
+        } else {
+            // Removed from (or left) its cluster: never bootstrapped or re-added by itself.
+            RAFT_REMOVED
         };
         gossip.set(KEY_RAFT, raft_state).await;
         gossip.set(KEY_READY, status.leader_id.is_some()).await;
@@ -57,7 +60,9 @@ pub async fn run(
         let members = gossip.members().await;
         if status.members.is_empty() {
             bootstrap(&cluster, &members, settings.bootstrap_expect).await;
-        } else if cluster.is_leader() {
+        } else if cluster.is_leader() && status.voters.contains(&status.node_id) {
+            // A leader that removed itself leads on for a moment outside the membership;
+            // it must not change the membership any more.
             autopilot.run(&cluster, &members, &settings).await;
         }
     }
@@ -116,7 +121,9 @@ impl Autopilot {
             members.iter().filter(|member| member.alive).map(|member| member.node_id).collect();
 
         // Newcomers: alive, not in a cluster, and not already here.
-        for member in members.iter().filter(|member| member.alive) {
+        for member in
+            members.iter().filter(|member| member.alive && member.node_id != status.node_id)
+        {
             let fresh = member.raft.as_deref() == Some(RAFT_UNINITIALIZED);
             if let (true, false, Some(addr)) =
                 (fresh, in_cluster.contains(&member.node_id), &member.api_addr)

@@ -28,6 +28,8 @@ pub const KEY_LOAD: &str = "load";
 
 /// The Raft state a node gossips before it belongs to a cluster.
 pub const RAFT_UNINITIALIZED: &str = "uninitialized";
+/// The Raft state a node gossips after it was removed from (or left) its cluster.
+pub const RAFT_REMOVED: &str = "removed";
 
 /// Gossip settings.
 #[derive(Debug, Clone)]

@@ -1,0 +1,490 @@
+//! Multi-node clusters of real `shoal` processes on loopback: bootstrap from a peer
+//! list, joins, forwarding and linearizable reads on every node, failover, catch-up by
+//! snapshot, leaving, no quorum, signed internal requests, and acknowledged writes
+//! surviving nodes killed one at a time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shoal_raft::ClusterSecret;
+use shoal_tests::{get_json, shoal_binary, wait_until, TestCluster, TEST_SECRET};
+
+const FORM: Duration = Duration::from_secs(40);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn create_session(url: &str, data: Value) -> anyhow::Result<String> {
+    let response =
+        http().post(format!("{url}/api/sessions")).json(&json!({ "data": data })).send().await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::CREATED,
+        "create answered {}",
+        response.status()
+    );
+    Ok(response.json::<Value>().await?["id"].as_str().unwrap().to_string())
+}
+
+fn base(cluster: &TestCluster, index: usize) -> String {
+    cluster.nodes[index].url("")
+}
+
+/// A small deterministic generator for start orders and delays.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_forms_exactly_one_cluster_whatever_the_start_order() -> anyhow::Result<()> {
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let mut random = Lcg(seed);
+    for round in 0..10 {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<u16> = (0..3).map(|_| shoal_tests::free_port()).collect();
+        let peers =
+            ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",");
+        let mut order = vec![0, 1, 2];
+        for i in (1..order.len()).rev() {
+            order.swap(i, random.next(i as u64 + 1) as usize);
+        }
+        tracing::info!(round, ?order, "--- start three nodes");
+        let mut nodes: BTreeMap<usize, shoal_tests::TestNode> = BTreeMap::new();
+        for index in order {
+            tokio::time::sleep(Duration::from_millis(random.next(400))).await;
+            let mut args: Vec<&str> = shoal_tests::CLUSTER_ARGS.to_vec();
+            args.extend(["--peers", &peers]);
+            let node = shoal_tests::TestNode::start_on(
+                ports[index],
+                &dir.path().join(format!("n{index}")),
+                &args,
+            )?;
+            nodes.insert(index, node);
+        }
+        let cluster = TestCluster::from_nodes(nodes.into_values().collect());
+        cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+        let mut ids = Vec::new();
+        for index in 0..3 {
+            ids.push(cluster.node_id(index).await?);
+        }
+        ids.sort_unstable();
+        let view = get_json(&cluster.nodes[0].url("/api/health")).await?;
+        let voters: Vec<u64> = serde_json::from_value(view["cluster"]["voters"].clone())?;
+        assert_eq!(voters, ids, "round {round}: one cluster of exactly the three nodes");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn joins_at_runtime_and_the_autopilot_keeps_voters_odd() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &[])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, 0), json!({"before": "join"})).await?;
+
+    tracing::info!("--- a fourth node joins through one peer and stays a learner");
+    let fourth = cluster.add_node(&[1])?;
+    let fourth_id = wait_for_role(&cluster, fourth, "learner").await?;
+    let session = get_json(&cluster.nodes[fourth].url(&format!("/api/sessions/{id}"))).await?;
+    assert_eq!(session["data"], json!({"before": "join"}), "the learner caught up");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let view = get_json(&cluster.nodes[0].url("/api/cluster")).await?;
+    assert!(
+        view["learners"].as_array().unwrap().contains(&json!(fourth_id)),
+        "4 voters would be even: {view}"
+    );
+
+    tracing::info!("--- a fifth node arrives: both become voters");
+    let fifth = cluster.add_node(&[2])?;
+    cluster.wait_converged(&[0, 1, 2, fourth, fifth], 5, FORM).await?;
+
+    let status = std::process::Command::new(shoal_binary())
+        .args(["status", "--node", &base(&cluster, fifth)])
+        .output()?;
+    let table = String::from_utf8(status.stdout)?;
+    assert!(status.status.success(), "{table}");
+    assert_eq!(table.lines().filter(|line| line.contains("alive")).count(), 5, "{table}");
+    assert!(table.contains("leader") && table.contains("GOSSIP"), "{table}");
+    Ok(())
+}
+
+async fn wait_for_role(cluster: &TestCluster, index: usize, role: &str) -> anyhow::Result<u64> {
+    let url = cluster.nodes[0].url("/api/cluster");
+    let node_id = {
+        let mut found = None;
+        wait_until("the new node gossips its id", FORM, || {
+            let url = cluster.nodes[index].url("/api/health");
+            async move { Ok(get_json(&url).await.is_ok()) }
+        })
+        .await?;
+        found.get_or_insert(cluster.node_id(index).await?).to_owned()
+    };
+    wait_until(&format!("node {node_id} is a {role}"), FORM, || {
+        let url = url.clone();
+        async move {
+            let view = get_json(&url).await?;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            Ok(members
+                .iter()
+                .any(|member| member["node_id"] == node_id && member["raft_role"] == role))
+        }
+    })
+    .await?;
+    Ok(node_id)
+}
+
+#[tokio::test]
+async fn writes_anywhere_are_read_everywhere_linearizably() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = TestCluster::start(dir.path(), 3, &[])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, 1), json!({"n": 0})).await?;
+    let client = http();
+    let pairs = [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)];
+    for n in 1..=1000_u64 {
+        let (writer, reader) = pairs[n as usize % pairs.len()];
+        let put = client
+            .put(format!("{}/api/sessions/{id}", base(&cluster, writer)))
+            .json(&json!({"data": {"n": n}}))
+            .send()
+            .await?;
+        assert_eq!(put.status(), StatusCode::OK, "write {n} on node {writer}");
+        let read: Value = client
+            .get(format!("{}/api/sessions/{id}", base(&cluster, reader)))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            read["data"]["n"], n,
+            "read on node {reader} after write {n} on node {writer} was stale"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failover_elects_a_new_leader_and_the_old_one_rejoins() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &[])?;
+    let leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, leader), json!({"kept": true})).await?;
+    let survivors: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+
+    tracing::info!(leader, "--- SIGKILL the leader");
+    cluster.nodes[leader].kill();
+    let killed_at = Instant::now();
+    let target = base(&cluster, survivors[0]);
+    wait_until("a write succeeds again", FORM, || {
+        let target = target.clone();
+        async move { Ok(create_session(&target, json!({})).await.is_ok()) }
+    })
+    .await?;
+    let failover = killed_at.elapsed();
+    println!(
+        "failover: writes succeeded again {} ms after the leader was killed",
+        failover.as_millis()
+    );
+
+    tracing::info!("--- the old leader restarts on its data and rejoins as a follower");
+    cluster.nodes[leader].restart()?;
+    cluster.nodes[leader].wait_ready(FORM).await?;
+    let new_leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    assert_ne!(new_leader, leader);
+    let session = get_json(&cluster.nodes[leader].url(&format!("/api/sessions/{id}"))).await?;
+    assert_eq!(session["data"], json!({"kept": true}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lagging_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &["--snapshot-logs", "50"])?;
+    let leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let follower = (leader + 1) % 3;
+    cluster.nodes[follower].kill();
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        ids.push(create_session(&base(&cluster, leader), json!({"n": n})).await?);
+    }
+    let leader_view = get_json(&cluster.nodes[leader].url("/api/health")).await?;
+    assert!(leader_view["cluster"]["purged_index"].as_u64().unwrap_or(0) > 0, "{leader_view}");
+
+    let leader_applied = leader_view["cluster"]["last_applied"].as_u64();
+    cluster.nodes[follower].restart()?;
+    cluster.nodes[follower].wait_ready(FORM).await?;
+    let url = cluster.nodes[follower].url("/api/health");
+    wait_until("the follower applied everything", FORM, || {
+        let url = url.clone();
+        async move {
+            let view = get_json(&url).await?;
+            Ok(view["cluster"]["last_applied"].as_u64() >= leader_applied)
+        }
+    })
+    .await?;
+    assert!(
+        cluster.nodes[follower].log().contains("installed raft snapshot"),
+        "no snapshot install"
+    );
+    for id in ids.iter().step_by(20) {
+        let session =
+            get_json(&cluster.nodes[follower].url(&format!("/api/sessions/{id}"))).await?;
+        assert!(session["data"]["n"].is_u64(), "{session}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_quorum_nodes_answer_503_and_recover() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &["--request-timeout-ms", "1500"])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, 0), json!({"v": 1})).await?;
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    let survivor = base(&cluster, 0);
+
+    let ready_url = format!("{survivor}/api/health/ready");
+    wait_until("the survivor reports not ready", FORM, || {
+        let url = ready_url.clone();
+        async move { Ok(http().get(&url).send().await?.status() == StatusCode::SERVICE_UNAVAILABLE) }
+    })
+    .await?;
+    let started = Instant::now();
+    let write = http().post(format!("{survivor}/api/sessions")).json(&json!({})).send().await?;
+    assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(write.headers().contains_key("retry-after"));
+    let read = http().get(format!("{survivor}/api/sessions/{id}")).send().await?;
+    assert_eq!(
+        read.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no quorum, no read that could be stale"
+    );
+    assert!(read.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(8), "503s came after {:?}", started.elapsed());
+
+    tracing::info!("--- one node comes back: service resumes");
+    cluster.nodes[1].restart()?;
+    cluster.wait_converged(&[0, 1], 3, FORM).await?;
+    wait_until("writes succeed again", FORM, || {
+        let survivor = survivor.clone();
+        async move { Ok(create_session(&survivor, json!({})).await.is_ok()) }
+    })
+    .await?;
+    let session = get_json(&format!("{survivor}/api/sessions/{id}")).await?;
+    assert_eq!(session["data"], json!({"v": 1}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn internal_requests_need_a_fresh_valid_signature() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = TestCluster::start(dir.path(), 3, &[])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let path = "/internal/raft/read-index";
+    let url = cluster.nodes[0].url(path);
+    let body = shoal_storage_free_body();
+    let send = |timestamp: Option<u64>, signature: Option<String>| {
+        let mut request = http().post(&url).body(body.clone());
+        if let Some(timestamp) = timestamp {
+            request = request.header("x-shoal-timestamp", timestamp.to_string());
+        }
+        if let Some(signature) = signature {
+            request = request.header("x-shoal-signature", signature);
+        }
+        request.send()
+    };
+    let now = shoal_raft::unix_millis();
+    let secret = ClusterSecret::new(TEST_SECRET.as_bytes().to_vec());
+    let forged = ClusterSecret::new(b"not-the-cluster-secret".to_vec());
+    assert_eq!(send(None, None).await?.status(), StatusCode::UNAUTHORIZED, "unsigned");
+    let wrong = forged.sign("POST", path, now, &body);
+    assert_eq!(send(Some(now), Some(wrong)).await?.status(), StatusCode::UNAUTHORIZED, "forged");
+    let stale_at = now - 120_000;
+    let stale = secret.sign("POST", path, stale_at, &body);
+    assert_eq!(
+        send(Some(stale_at), Some(stale)).await?.status(),
+        StatusCode::UNAUTHORIZED,
+        "stale"
+    );
+    let good = secret.sign("POST", path, now, &body);
+    assert_eq!(send(Some(now), Some(good)).await?.status(), StatusCode::OK, "signed by a member");
+
+    let refused = std::process::Command::new(shoal_binary())
+        .args(["--listen", "127.0.0.1:0", "--peers", "127.0.0.1:1"])
+        .env_remove("SHOAL_CLUSTER_SECRET")
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8(refused.stderr)?;
+    assert!(stderr.contains("--peers") && stderr.contains("SHOAL_CLUSTER_SECRET"), "{stderr}");
+    Ok(())
+}
+
+/// The body of a read-index request: postcard of `()` behind the format byte.
+fn shoal_storage_free_body() -> Vec<u8> {
+    vec![1]
+}
+
+#[tokio::test]
+async fn members_leave_by_request_and_dead_ones_are_removed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let admin = ["--admin-token", "admin-secret-token", "--dead-node-timeout", "2"];
+    let mut cluster = TestCluster::start(dir.path(), 3, &admin)?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let fourth = cluster.add_node(&[0])?;
+    let fourth_id = wait_for_role(&cluster, fourth, "learner").await?;
+
+    tracing::info!("--- remove-node without the token is refused; with it the learner goes");
+    let no_token = std::process::Command::new(shoal_binary())
+        .args(["remove-node", &fourth_id.to_string(), "--node", &base(&cluster, 0)])
+        .env_remove("SHOAL_ADMIN_TOKEN")
+        .output()?;
+    assert!(!no_token.status.success());
+    let removed = std::process::Command::new(shoal_binary())
+        .args([
+            "remove-node",
+            &fourth_id.to_string(),
+            "--node",
+            &base(&cluster, 1),
+            "--admin-token",
+            "admin-secret-token",
+        ])
+        .output()?;
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    cluster.nodes[fourth].kill();
+
+    tracing::info!(
+        "--- a voter dead longer than --dead-node-timeout is removed while quorum is safe"
+    );
+    let dead_id = cluster.node_id(2).await?;
+    cluster.nodes[2].kill();
+    let url = cluster.nodes[0].url("/api/cluster");
+    wait_until("the dead voter is removed", FORM, || {
+        let url = url.clone();
+        async move {
+            let view = get_json(&url).await?;
+            let voters: Vec<u64> = serde_json::from_value(view["voters"].clone())?;
+            Ok(voters.len() == 2 && !voters.contains(&dead_id))
+        }
+    })
+    .await?;
+    let left = http()
+        .post(format!("{}/api/cluster/leave", base(&cluster, 1)))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await?;
+    assert_eq!(left.status(), StatusCode::OK, "{}", left.text().await?);
+    let leaver_id = cluster.node_id(1).await?;
+    let remaining = cluster.node_id(0).await?;
+    let url = cluster.nodes[0].url("/api/cluster");
+    wait_until("the node that left is no voter", FORM, || {
+        let url = url.clone();
+        async move {
+            let view = get_json(&url).await?;
+            let voters: Vec<u64> = serde_json::from_value(view["voters"].clone())?;
+            Ok(voters == vec![remaining] && !voters.contains(&leaver_id))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_nodes_killed_one_at_a_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &["--request-timeout-ms", "2000"])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let urls: Vec<String> = (0..3).map(|index| base(&cluster, index)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    tracing::info!("--- one writer per node: each keeps overwriting its own sessions");
+    let writers: Vec<_> = urls
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(writer, url)| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // id -> (last acknowledged value, last attempted value)
+                let mut sessions: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+                let client = http();
+                let mut n = 0_u64;
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    n += 1;
+                    if n % 5 == 1 {
+                        if let Ok(id) = create_session(&url, json!({"w": writer, "n": n})).await {
+                            sessions.insert(id, (n, n));
+                        }
+                        continue;
+                    }
+                    let Some(id) =
+                        sessions.keys().nth((n as usize) % sessions.len().max(1)).cloned()
+                    else {
+                        continue;
+                    };
+                    sessions.get_mut(&id).unwrap().1 = n;
+                    let put = client
+                        .put(format!("{url}/api/sessions/{id}"))
+                        .json(&json!({"data": {"w": writer, "n": n}}))
+                        .send()
+                        .await;
+                    if put.is_ok_and(|response| response.status() == StatusCode::OK) {
+                        sessions.get_mut(&id).unwrap().0 = n;
+                    }
+                }
+                sessions
+            })
+        })
+        .collect();
+
+    for round in 0..3 {
+        let victim = round % 3;
+        tracing::info!(round, victim, "--- SIGKILL a node, then restart it");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        cluster.nodes[victim].kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.nodes[victim].restart()?;
+        cluster.nodes[victim].wait_ready(FORM).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = Vec::new();
+    for writer in writers {
+        written.push(writer.await?);
+    }
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+
+    tracing::info!(
+        "--- every acknowledged session, on every node, has its last acknowledged value"
+    );
+    let total: usize = written.iter().map(BTreeMap::len).sum();
+    assert!(total > 20, "the writers wrote too little to mean anything: {total}");
+    for sessions in &written {
+        for (id, (acknowledged, attempted)) in sessions {
+            for url in &urls {
+                let session = get_json(&format!("{url}/api/sessions/{id}")).await?;
+                let n = session["data"]["n"].as_u64().unwrap_or(0);
+                // A write whose answer was lost may still have committed: anything from
+                // the last acknowledged value up to the last attempted one is correct.
+                assert!(
+                    (*acknowledged..=*attempted).contains(&n),
+                    "{url}: session {id} holds {n}, acknowledged {acknowledged}, attempted {attempted}"
+                );
+            }
+        }
+    }
+    println!("checked {total} sessions on 3 nodes");
+    Ok(())
+}
