@@ -231,6 +231,8 @@ async fn a_lagging_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
         }
     })
     .await?;
+    let follower_view = get_json(&url).await?;
+    assert!(follower_view["cluster"]["snapshot_index"].as_u64().is_some(), "{follower_view}");
     assert!(
         cluster.nodes[follower].log().contains("installed raft snapshot"),
         "no snapshot install"
