@@ -21,10 +21,8 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat};
 use crate::data_dir;
-use crate::gossip::membership::MembershipSettings;
-use crate::gossip::{
-    self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT, RAFT_UNINITIALIZED,
-};
+use crate::gossip::membership::{raft_state, MembershipSettings};
+use crate::gossip::{self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT};
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::reports::{DownloadSigner, Reports};
 use crate::sse::Hub;
@@ -187,7 +185,9 @@ impl Node {
                 vec![
                     (KEY_API_ADDR.to_string(), advertise_addr.clone()),
                     (KEY_INSTANCE_ID.to_string(), instance_id.clone()),
-                    (KEY_RAFT.to_string(), RAFT_UNINITIALIZED.to_string()),
+                    // A restarted node says at once that it belongs to a cluster, so that
+                    // no fresh node counts it as one to bootstrap with.
+                    (KEY_RAFT.to_string(), raft_state(&cluster.status()).to_string()),
                 ],
             )
             .await?,

@@ -140,6 +140,16 @@ impl Cluster {
         &self.inner.raft
     }
 
+    /// Returns the signed client for calls to other nodes.
+    pub fn client(&self) -> &InternalClient {
+        &self.inner.options.client
+    }
+
+    /// Returns the address of member `node_id`, as the membership records it.
+    pub fn member_addr(&self, node_id: NodeId) -> Option<String> {
+        self.status().members.into_iter().find(|(id, _)| *id == node_id).map(|(_, addr)| addr)
+    }
+
     /// Returns read access to the applied state.
     pub fn reader(&self) -> &StateReader {
         &self.inner.reader
@@ -245,6 +255,14 @@ impl Cluster {
 
     /// Changes the membership if this node leads; never forwards.
     pub async fn change_membership_local(&self, change: MembershipChange) -> Result<()> {
+        // openraft 0.9 keeps a leader that lost its quorum waiting on a change forever.
+        let timeout = self.inner.options.request_timeout;
+        tokio::time::timeout(timeout, self.apply_membership_change(change))
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?
+    }
+
+    async fn apply_membership_change(&self, change: MembershipChange) -> Result<()> {
         let raft = &self.inner.raft;
         let outcome = match change {
             MembershipChange::AddLearner { node_id, addr } => {
@@ -362,7 +380,11 @@ async fn run_read_rounds(inner: Arc<Inner>) {
             }
             std::mem::take(&mut rounds.waiting)
         };
-        let outcome = linearize(&inner).await;
+        // One deadline for the whole round: asking the leader and waiting to apply.
+        let timeout = inner.options.request_timeout;
+        let outcome = tokio::time::timeout(timeout, linearize(&inner))
+            .await
+            .unwrap_or(Err(ClusterError::Timeout(timeout)));
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
         }

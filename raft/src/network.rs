@@ -111,6 +111,39 @@ impl InternalClient {
         Ok(body.to_vec())
     }
 
+    /// Opens a signed, long-lived GET of `path_and_query` on the node at `addr` and
+    /// returns the response to read as it streams; fails unless the answer is 2xx.
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        path_and_query: &str,
+        connect_timeout: Duration,
+    ) -> Result<reqwest::Response, CallError> {
+        let timestamp = unix_millis();
+        let signature = self.secret.sign("GET", path_and_query, timestamp, &[]);
+        let request = self
+            .http
+            .get(format!("http://{addr}{path_and_query}"))
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .send();
+        let response = tokio::time::timeout(connect_timeout, request)
+            .await
+            .map_err(|_| CallError::Unreachable {
+                addr: addr.to_string(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|error| CallError::Unreachable {
+                addr: addr.to_string(),
+                reason: error.to_string(),
+            })?;
+        if !response.status().is_success() {
+            let reason = format!("{path_and_query} answered {}", response.status());
+            return Err(CallError::Failed { addr: addr.to_string(), reason });
+        }
+        Ok(response)
+    }
+
     /// POSTs `request` (postcard) and decodes the postcard response.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,

@@ -2,14 +2,15 @@
 //! HMAC-SHA256 under the cluster secret (see `shoal_raft::auth`); others get 401.
 
 use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
-use shoal_raft::auth::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use shoal_raft::auth::{MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use shoal_raft::network::{
     APPEND_PATH, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH,
 };
@@ -18,6 +19,8 @@ use shoal_storage::codec;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::sse::relay::Frame;
+use futures::StreamExt;
 
 /// The largest internal request: an append of many blob chunks, or a snapshot chunk.
 const MAX_INTERNAL_BODY: usize = 256 * 1024 * 1024;
@@ -30,7 +33,11 @@ pub fn routes(secret: ClusterSecret) -> Router<AppState> {
         .route(FORWARD_PATH, post(forward))
         .route(READ_INDEX_PATH, post(read_index))
         .route(MEMBERSHIP_PATH, post(membership))
+        .route("/internal/searches/{id}/stream", get(stream))
+        .route("/internal/searches/{id}/cancel", post(cancel))
         .layer(axum::middleware::from_fn_with_state(secret, authenticate))
+        // Internal bodies (appends of blob chunks, snapshots) exceed the public limit.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY))
 }
 
 /// Refuses unsigned, stale or forged requests with 401 before any handler runs.
@@ -40,6 +47,15 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
+    // Refuse what cannot be genuine before reading (up to 256 MiB of) the body.
+    let fresh = header(TIMESTAMP_HEADER)
+        .and_then(|timestamp| timestamp.parse::<u64>().ok())
+        .is_some_and(|timestamp| timestamp.abs_diff(unix_millis()) <= MAX_SKEW_MS);
+    if !fresh || header(SIGNATURE_HEADER).is_none() {
+        let message = "unsigned or stale internal request";
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_INTERNAL_BODY).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -48,7 +64,6 @@ async fn authenticate(
         )
         .into_response();
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |path| path.as_str());
     let verified = secret.verify(
         parts.method.as_str(),
@@ -109,6 +124,78 @@ async fn membership(State(app): State<AppState>, body: Bytes) -> Response {
     match decode::<MembershipChange>(&body) {
         Ok(change) => encoded(&app.cluster.change_membership_local(change).await),
         Err(response) => response,
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StreamQuery {
+    attempt: u32,
+    after: u64,
+}
+
+/// The owner's side of the relay: the events of an attempt after a point, one JSON line
+/// each, ending after the terminal event. 404 when this node does not run that attempt;
+/// 410 when it no longer has the events after that point.
+async fn stream(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<StreamQuery>,
+) -> Response {
+    let Some(topic) = app.hub.get(&id).filter(|topic| topic.attempt == query.attempt) else {
+        return ApiError::not_found("not_found", "this node does not run that attempt")
+            .into_response();
+    };
+    let subscription = topic.subscribe(Some(query.after), || ()).await;
+    if !subscription.resumed {
+        return ApiError::new(StatusCode::GONE, "gone", "those events are no longer kept")
+            .into_response();
+    }
+    let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
+    let replay: Vec<String> = subscription.replay.iter().map(|event| Frame::line(event)).collect();
+    let last_seen = subscription.replay.last().map_or(query.after, |event| event.seq);
+    let live = futures::stream::unfold(
+        (subscription.live, last_seen, replay_done, topic.clone()),
+        |(mut live, mut last_seen, done, topic)| async move {
+            loop {
+                if done {
+                    return None;
+                }
+                match live.recv().await {
+                    Ok(event) if event.seq <= last_seen => continue,
+                    Ok(event) => {
+                        last_seen = event.seq;
+                        let terminal = event.is_terminal();
+                        return Some((Frame::line(&event), (live, last_seen, terminal, topic)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Send what was missed from the history, then carry on live.
+                        let missed = topic.since(last_seen).await;
+                        let Some(last) = missed.last() else { continue };
+                        last_seen = last.seq;
+                        let terminal = missed.iter().any(|event| event.is_terminal());
+                        let lines: String = missed.iter().map(|event| Frame::line(event)).collect();
+                        return Some((lines, (live, last_seen, terminal, topic)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let lines = futures::stream::iter(replay)
+        .chain(live)
+        .map(|line| Ok::<_, std::convert::Infallible>(Bytes::from(line)));
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .expect("a streaming response builds")
+}
+
+/// Cancels a search this node runs, on behalf of the node a client asked.
+async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    if app.searches.cancel(&id) {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        ApiError::not_found("not_found", "this node does not run that search").into_response()
     }
 }
 

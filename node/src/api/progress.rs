@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::sse::ProgressEvent;
+use crate::sse::{relay, ProgressEvent, RelayTopic};
 use crate::time::rfc3339_millis;
 
 /// How often a stream without a local topic re-reads the replicated record.
@@ -118,7 +118,24 @@ fn finished_events(
 pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<Response> {
     let record = read(&app, &id).await?;
     let resume = parse_last_event_id(&headers).filter(|(attempt, _)| *attempt == record.attempt);
-    let topic = app.hub.get(&id).filter(|topic| topic.attempt == record.attempt);
+    let topic = match app.hub.get(&id).filter(|topic| topic.attempt == record.attempt) {
+        Some(topic) => Some(topic),
+        // Run by another node: relay its events, starting where this client resumes so
+        // that the owner replays exactly what the client missed.
+        None if !record.status.is_terminal() && record.owner != app.cluster.node_id() => {
+            let start = resume.map(|(_, seq)| seq).filter(|seq| *seq <= record.last_seq);
+            match app.hub.open_relay(&id, record.attempt, start.unwrap_or(record.last_seq)) {
+                RelayTopic::Existing(topic) => Some(topic),
+                RelayTopic::New(topic) => {
+                    let (cluster, gossip, hub) =
+                        (app.cluster.clone(), app.gossip.clone(), app.hub.clone());
+                    relay::spawn(cluster, gossip, hub, id.clone(), topic.clone(), record.owner);
+                    Some(topic)
+                }
+            }
+        }
+        None => None,
+    };
     let events: EventStream = match topic {
         Some(topic) => {
             let reader = app.cluster.reader().clone();
@@ -168,40 +185,54 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
     Ok(response)
 }
 
-/// The live events after `last_seen`, ending after the terminal one.
+/// The live events after `last_seen`, ending after the terminal one (or when the topic
+/// is closed without one).
 fn live_events(
     topic: Arc<crate::sse::Topic>,
     receiver: tokio::sync::broadcast::Receiver<Arc<ProgressEvent>>,
     last_seen: u64,
     done: bool,
 ) -> impl Stream<Item = Event> + Send {
-    stream::unfold(
-        (topic, receiver, last_seen, done, Vec::<Arc<ProgressEvent>>::new()),
-        |state| async move {
-            let (topic, mut receiver, mut last_seen, done, mut backlog) = state;
-            loop {
-                if done && backlog.is_empty() {
-                    return None;
+    struct Live {
+        closed: tokio::sync::watch::Receiver<bool>,
+        topic: Arc<crate::sse::Topic>,
+        receiver: tokio::sync::broadcast::Receiver<Arc<ProgressEvent>>,
+        last_seen: u64,
+        done: bool,
+        backlog: std::collections::VecDeque<Arc<ProgressEvent>>,
+    }
+    let closed = topic.closed();
+    let state = Live { closed, topic, receiver, last_seen, done, backlog: Default::default() };
+    stream::unfold(state, |mut live| async move {
+        loop {
+            if let Some(event) = live.backlog.pop_front() {
+                if event.seq <= live.last_seen {
+                    continue;
                 }
-                if !backlog.is_empty() {
-                    let event = backlog.remove(0);
-                    last_seen = event.seq;
-                    let finished = event.is_terminal();
-                    return Some((
-                        sse_event(&event),
-                        (topic, receiver, last_seen, finished, backlog),
-                    ));
-                }
-                match receiver.recv().await {
-                    Ok(event) if event.seq <= last_seen => continue,
-                    Ok(event) => backlog.push(event),
-                    // Fell behind the live buffer: catch up from the topic's history.
-                    Err(RecvError::Lagged(_)) => backlog = topic.since(last_seen).await,
-                    Err(RecvError::Closed) => return None,
-                }
+                live.last_seen = event.seq;
+                live.done = event.is_terminal();
+                return Some((sse_event(&event), live));
             }
-        },
-    )
+            if live.done {
+                return None;
+            }
+            let received = tokio::select! {
+                biased;
+                received = live.receiver.recv() => received,
+                // The relay feeding this topic gave up: end the stream; the client
+                // reconnects with its Last-Event-ID and is served afresh.
+                _ = live.closed.wait_for(|closed| *closed) => return None,
+            };
+            match received {
+                Ok(event) => live.backlog.push_back(event),
+                // Fell behind the live buffer: catch up from the topic's history.
+                Err(RecvError::Lagged(_)) => {
+                    live.backlog = live.topic.since(live.last_seen).await.into()
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// Re-reads the replicated record until it is terminal, then yields its terminal event.

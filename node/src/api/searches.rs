@@ -91,10 +91,22 @@ async fn cancel_search(State(app): State<AppState>, Path(id): Path<String>) -> A
         return Err(Rejection::ProgressFinished.into());
     }
     if !app.searches.cancel(&id) {
-        return Err(ApiError::unavailable(
-            "not_owner",
-            "this node does not run that search; retry shortly",
-        ));
+        // Run by another node: ask the owner to cancel it.
+        let owner = app.cluster.member_addr(record.owner).ok_or_else(|| {
+            ApiError::unavailable(
+                "owner_unknown",
+                "the node running that search is unknown; retry shortly",
+            )
+        })?;
+        let path = format!("/internal/searches/{id}/cancel");
+        let timeout = app.config.request_timeout;
+        app.cluster.client().post(&owner, &path, Vec::new(), timeout).await.map_err(|error| {
+            tracing::warn!(search_id = %id, %error, "forwarding a cancel to the owner failed");
+            ApiError::unavailable(
+                "owner_unreachable",
+                "the node running that search did not answer; retry shortly",
+            )
+        })?;
     }
     let body =
         json!({ "id": id, "status": "cancelling", "status_url": format!("/api/searches/{id}") });

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_raft::{Cluster, MembershipChange, Node as RaftNode, NodeId};
+use shoal_raft::{Cluster, ClusterStatus, MembershipChange, Node as RaftNode, NodeId};
 use tokio::sync::watch;
 
 use super::{Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, RAFT_REMOVED, RAFT_UNINITIALIZED};
@@ -25,6 +25,20 @@ pub struct MembershipSettings {
     pub caught_up_lag: u64,
 }
 
+/// Returns what a node gossips as its `raft` key.
+pub fn raft_state(status: &ClusterStatus) -> &'static str {
+    if status.voters.contains(&status.node_id) {
+        "voter"
+    } else if status.learners.contains(&status.node_id) {
+        "learner"
+    } else if status.members.is_empty() {
+        RAFT_UNINITIALIZED
+    } else {
+        // Removed from (or left) its cluster: never bootstrapped or re-added by itself.
+        RAFT_REMOVED
+    }
+}
+
 /// Runs the membership loop until `shutdown` turns true.
 pub async fn run(
     cluster: Cluster,
@@ -36,72 +50,93 @@ pub async fn run(
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut autopilot = Autopilot::default();
+    let mut bootstrap = Bootstrap::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let status = cluster.status();
-        let raft_state = if status.voters.contains(&status.node_id) {
-            "voter"
-        } else if status.learners.contains(&status.node_id) {
-            "learner"
-        } else if status.members.is_empty() {
-            RAFT_UNINITIALIZED
-        } else {
-            // Removed from (or left) its cluster: never bootstrapped or re-added by itself.
-            RAFT_REMOVED
-        };
-        gossip.set(KEY_RAFT, raft_state).await;
+        gossip.set(KEY_RAFT, raft_state(&status)).await;
         gossip.set(KEY_READY, status.leader_id.is_some()).await;
         let pool = searches.pool_stats();
         gossip.set(KEY_LOAD, pool.active + pool.queued).await;
 
         let members = gossip.members().await;
         if status.members.is_empty() {
-            bootstrap(&cluster, &members, settings.bootstrap_expect).await;
+            bootstrap.run(&cluster, &members, settings.bootstrap_expect).await;
         } else if cluster.is_leader() && status.voters.contains(&status.node_id) {
             // A leader that removed itself leads on for a moment outside the membership;
             // it must not change the membership any more.
             autopilot.run(&cluster, &members, &settings).await;
+        } else {
+            // Timers of a past leadership would remove members at once if it leads again.
+            autopilot = Autopilot::default();
         }
     }
 }
 
-/// On a node without a cluster: when `expect` uninitialized nodes are alive and none is
-/// initialized, the lowest id initializes Raft with exactly those; the others wait for
-/// it. A node that sees an initialized cluster waits for that cluster's leader to add it.
-async fn bootstrap(cluster: &Cluster, members: &[Member], expect: usize) {
-    let alive: Vec<&Member> = members.iter().filter(|member| member.alive).collect();
-    let joined =
-        |member: &&&Member| member.raft.as_deref().is_some_and(|raft| raft != RAFT_UNINITIALIZED);
-    if expect == 0 || alive.iter().any(|member| joined(&member)) {
-        return;
-    }
-    let mut waiting: Vec<&Member> = alive
-        .into_iter()
-        .filter(|member| {
+/// How many consecutive ticks the same set of nodes must be seen before it bootstraps.
+const STABLE_TICKS: u32 = 3;
+
+/// Decides, on a node without a cluster, when to initialize one (DESIGN §8): exactly
+/// `expect` uninitialized live nodes, none initialized or undecided, the same set for
+/// several ticks; then the lowest id initializes Raft with exactly those, the others
+/// wait for it. A node that sees an initialized cluster waits for its leader to add it.
+#[derive(Debug, Default)]
+struct Bootstrap {
+    last_view: Vec<NodeId>,
+    stable_ticks: u32,
+}
+
+impl Bootstrap {
+    async fn run(&mut self, cluster: &Cluster, members: &[Member], expect: usize) {
+        let alive: Vec<&Member> = members.iter().filter(|member| member.alive).collect();
+        let waiting = |member: &&Member| {
             member.raft.as_deref() == Some(RAFT_UNINITIALIZED) && member.api_addr.is_some()
-        })
-        .collect();
-    if waiting.len() < expect {
-        return;
-    }
-    waiting.sort_by_key(|member| member.node_id);
-    waiting.truncate(expect);
-    if waiting[0].node_id != cluster.node_id() {
-        return;
-    }
-    let voters: BTreeMap<NodeId, RaftNode> = waiting
-        .iter()
-        .map(|member| {
-            (member.node_id, RaftNode { addr: member.api_addr.clone().expect("filtered") })
-        })
-        .collect();
-    let ids: Vec<NodeId> = voters.keys().copied().collect();
-    match cluster.initialize(voters).await {
-        Ok(()) => tracing::info!(?ids, "bootstrapped a new cluster from the peer list"),
-        Err(error) => tracing::warn!(%error, "bootstrapping the cluster failed; retrying"),
+        };
+        // Any live node that is in a cluster, or whose state is not known yet, blocks:
+        // forming a second cluster next to it would split the brain.
+        let view: Vec<NodeId> = if expect > 0 && alive.iter().all(waiting) {
+            alive.iter().map(|member| member.node_id).collect()
+        } else {
+            Vec::new()
+        };
+        if view.is_empty() || view != self.last_view {
+            self.last_view = view;
+            self.stable_ticks = 0;
+            return;
+        }
+        self.stable_ticks += 1;
+        // More nodes than expected means the peer lists disagree: wait for an operator
+        // (or for one of them to form a cluster the others then join) rather than guess.
+        if self.stable_ticks < STABLE_TICKS {
+            return;
+        }
+        if view.len() != expect {
+            if self.stable_ticks == STABLE_TICKS && view.len() > expect {
+                tracing::warn!(
+                    seen = view.len(),
+                    expect,
+                    "more uninitialized nodes are up than --bootstrap-expect; not forming a \
+                     cluster: give every node the same --peers, or set --bootstrap-expect"
+                );
+            }
+            return;
+        }
+        if view[0] != cluster.node_id() {
+            return;
+        }
+        let voters: BTreeMap<NodeId, RaftNode> = alive
+            .iter()
+            .map(|member| {
+                (member.node_id, RaftNode { addr: member.api_addr.clone().expect("waiting") })
+            })
+            .collect();
+        match cluster.initialize(voters).await {
+            Ok(()) => tracing::info!(ids = ?view, "bootstrapped a new cluster from the peer list"),
+            Err(error) => tracing::warn!(%error, "bootstrapping the cluster failed; retrying"),
+        }
     }
 }
 
@@ -149,8 +184,9 @@ impl Autopilot {
             .copied()
             .filter(|node_id| alive.contains(node_id))
             .filter(|node_id| {
-                let matched = replication.get(node_id).copied().flatten().unwrap_or(0);
-                matched + settings.caught_up_lag >= last_index
+                // No replication data yet: not known to be caught up.
+                let matched = replication.get(node_id).copied().flatten();
+                matched.is_some_and(|matched| matched + settings.caught_up_lag >= last_index)
             })
             .collect();
         let voters = status.voters.len();
@@ -184,7 +220,13 @@ impl Autopilot {
             let remaining: Vec<NodeId> =
                 status.voters.iter().copied().filter(|voter| *voter != node_id).collect();
             let alive_remaining = remaining.iter().filter(|voter| alive.contains(voter)).count();
-            if remaining.is_empty() || alive_remaining * 2 <= remaining.len() {
+            let alive_now = status.voters.iter().filter(|voter| alive.contains(voter)).count();
+            // The change commits through a joint config: it needs a live majority of the
+            // current voters as well as of the remaining ones.
+            let safe = !remaining.is_empty()
+                && alive_remaining * 2 > remaining.len()
+                && alive_now * 2 > status.voters.len();
+            if !safe {
                 tracing::warn!(
                     node_id,
                     "a dead member stays: removing it would leave no live quorum"

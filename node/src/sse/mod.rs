@@ -4,6 +4,8 @@
 //! one lock; a subscriber takes its replay and its live receiver under the same lock, so
 //! it sees every event after its resume point exactly once.
 
+pub mod relay;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,13 @@ pub struct ProgressEvent {
 }
 
 impl ProgressEvent {
+    /// Returns the static name of an event kind received from another node.
+    pub fn known_kind(kind: &str) -> Option<&'static str> {
+        ["progress", "part_completed", "completed", "failed", "cancelled"]
+            .into_iter()
+            .find(|known| *known == kind)
+    }
+
     /// Returns whether this event ends the stream.
     pub fn is_terminal(&self) -> bool {
         matches!(self.kind, "completed" | "failed" | "cancelled")
@@ -46,6 +55,9 @@ pub struct Topic {
     pub attempt: u32,
     log: tokio::sync::Mutex<TopicLog>,
     live: broadcast::Sender<Arc<ProgressEvent>>,
+    /// Turns true when no more events will come through this topic although none was
+    /// terminal (a relay that lost its source): streams end and clients reconnect.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +88,8 @@ impl Topic {
     fn new(attempt: u32, last_seq: u64) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let log = TopicLog { base_seq: last_seq, last_seq, history: Vec::new(), finished: false };
-        Self { attempt, log: tokio::sync::Mutex::new(log), live }
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Self { attempt, log: tokio::sync::Mutex::new(log), live, closed }
     }
 
     /// Publishes an event that is not recorded in Raft (per-page progress); `None` once
@@ -146,6 +159,37 @@ impl Topic {
         }
     }
 
+    /// Publishes an event another node numbered (relayed from the owner), keeping its
+    /// number; returns false if it does not follow the last one (a duplicate or a gap).
+    pub async fn push_relayed(&self, seq: u64, kind: &'static str, data: Value) -> bool {
+        let mut log = self.log.lock().await;
+        if log.finished || seq != log.last_seq + 1 {
+            return false;
+        }
+        self.push(&mut log, kind, data);
+        true
+    }
+
+    /// Returns the last event number published.
+    pub async fn last_seq(&self) -> u64 {
+        self.log.lock().await.last_seq
+    }
+
+    /// Ends every stream of this topic without a terminal event (see `closed`).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Returns a receiver that turns true when the topic is closed.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    /// Returns how many subscribers are listening now.
+    pub fn num_subscribers(&self) -> usize {
+        self.live.receiver_count()
+    }
+
     /// Returns the events after `after`, for a subscriber that fell behind.
     pub async fn since(&self, after: u64) -> Vec<Arc<ProgressEvent>> {
         let log = self.log.lock().await;
@@ -157,6 +201,15 @@ impl Topic {
 #[derive(Debug, Default)]
 pub struct Hub {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
+}
+
+/// What `Hub::open_relay` found.
+#[derive(Debug)]
+pub enum RelayTopic {
+    /// A topic for the record was there already (local, or relayed by another request).
+    Existing(Arc<Topic>),
+    /// A new topic the caller must feed from the owner.
+    New(Arc<Topic>),
 }
 
 impl Hub {
@@ -174,6 +227,28 @@ impl Hub {
             .entry(id.to_string())
             .or_insert_with(|| Arc::new(Topic::new(attempt, last_seq)))
             .clone()
+    }
+
+    /// Returns the topic of attempt `attempt` of `id`, creating an empty one to relay into
+    /// if there is none.
+    pub fn open_relay(&self, id: &str, attempt: u32, last_seq: u64) -> RelayTopic {
+        let mut topics = self.topics.lock().expect("hub lock");
+        match topics.get(id) {
+            Some(topic) if topic.attempt == attempt => RelayTopic::Existing(topic.clone()),
+            _ => {
+                let topic = Arc::new(Topic::new(attempt, last_seq));
+                topics.insert(id.to_string(), topic.clone());
+                RelayTopic::New(topic)
+            }
+        }
+    }
+
+    /// Forgets `topic` of `id` now, if it is still the current one.
+    pub fn remove(&self, id: &str, topic: &Arc<Topic>) {
+        let mut topics = self.topics.lock().expect("hub lock");
+        if topics.get(id).is_some_and(|current| Arc::ptr_eq(current, topic)) {
+            topics.remove(id);
+        }
     }
 
     /// Returns the topic of `id`, if this node runs it (or ran it recently).

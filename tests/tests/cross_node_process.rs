@@ -1,0 +1,117 @@
+//! Searches across a 3-node cluster: SSE on nodes that do not run the search (relayed
+//! from the owner), resuming through every node, downloads from every node (one joined
+//! after the search included), and cancel through a node that does not run it.
+
+use std::time::Duration;
+
+use calamine::Reader;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shoal_tests::{get_json, read_sse, wait_until, SseEvent, TestCluster};
+
+const FORM: Duration = Duration::from_secs(40);
+const STREAM: Duration = Duration::from_secs(60);
+
+fn seq(event: &SseEvent) -> (u32, u64) {
+    let (attempt, seq) = event.id.as_deref().unwrap().split_once(':').unwrap();
+    (attempt.parse().unwrap(), seq.parse().unwrap())
+}
+
+fn assert_contiguous(after: u64, events: &[SseEvent], terminal: &str) {
+    let seqs: Vec<u64> = events.iter().map(|event| seq(event).1).collect();
+    let expected: Vec<u64> = (after + 1..=after + events.len() as u64).collect();
+    assert_eq!(seqs, expected, "gap or duplicate: {events:?}");
+    assert_eq!(events.last().map(|event| event.event.as_str()), Some(terminal), "{events:?}");
+    let terminals = events
+        .iter()
+        .filter(|e| ["completed", "failed", "cancelled"].contains(&e.event.as_str()))
+        .count();
+    assert_eq!(terminals, 1);
+}
+
+async fn start_search(url: &str, body: Value) -> anyhow::Result<String> {
+    let response =
+        reqwest::Client::new().post(format!("{url}/api/searches")).json(&body).send().await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    Ok(response.json::<Value>().await?["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn sse_relayed_from_the_owner_resumes_through_every_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &["--sample-page-delay-ms", "60"])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let body =
+        json!({"ufs": ["SP", "RJ", "MG"], "date_from": "2025-01-01", "date_to": "2025-06-30"});
+    let id = start_search(&cluster.nodes[0].url(""), body.clone()).await?;
+    let events_url = |node: usize| cluster.nodes[node].url(&format!("/api/searches/{id}/events"));
+
+    tracing::info!("--- followers on the two nodes that do not run the search");
+    let followers: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|node| {
+            let url = events_url(node);
+            tokio::spawn(async move { read_sse(&url, None, usize::MAX, STREAM).await })
+        })
+        .collect();
+
+    tracing::info!("--- one client hops from node 1 to node 2 to node 0 with Last-Event-ID");
+    let (_, first) = read_sse(&events_url(1), None, 4, STREAM).await?;
+    assert_eq!(first[0].event, "snapshot");
+    let (_, second) =
+        read_sse(&events_url(2), first.last().unwrap().id.as_deref(), 4, STREAM).await?;
+    let (_, rest) =
+        read_sse(&events_url(0), second.last().unwrap().id.as_deref(), usize::MAX, STREAM).await?;
+    let mut hopped = first[1..].to_vec();
+    hopped.extend(second);
+    hopped.extend(rest);
+    assert!(
+        hopped.iter().all(|event| event.event != "snapshot"),
+        "resumes replay, they do not restart"
+    );
+    assert_contiguous(seq(&first[0]).1, &hopped, "completed");
+
+    for follower in followers {
+        let (status, events) = follower.await??;
+        assert_eq!(status, 200);
+        assert_eq!(events[0].event, "snapshot");
+        assert_contiguous(seq(&events[0]).1, &events[1..], "completed");
+    }
+
+    tracing::info!("--- the report downloads from every node, and from a node that joined later");
+    let state = get_json(&cluster.nodes[2].url(&format!("/api/searches/{id}"))).await?;
+    let link = state["result"]["download"]["url"].as_str().unwrap().to_string();
+    let total = state["result"]["total_records"].as_u64().unwrap();
+    let fourth = cluster.add_node(&[1])?;
+    let url = cluster.nodes[0].url("/api/cluster");
+    wait_until("the new node is a member", FORM, || {
+        let url = url.clone();
+        async move { Ok(get_json(&url).await?["learners"].as_array().is_some_and(|l| !l.is_empty())) }
+    })
+    .await?;
+    for node in [0, 1, 2, fourth] {
+        let response = reqwest::get(cluster.nodes[node].url(&link)).await?;
+        assert_eq!(response.status(), StatusCode::OK, "download on node {node}");
+        let bytes = response.bytes().await?.to_vec();
+        let mut workbook: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes))?;
+        assert_eq!(workbook.worksheet_range("Resultados")?.height() as u64, total + 1);
+    }
+
+    tracing::info!("--- cancel through a node that does not run the search");
+    let slow = json!({"ufs": ["AC", "AL"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
+    let id = start_search(&cluster.nodes[0].url(""), slow).await?;
+    let cancel = reqwest::Client::new()
+        .delete(cluster.nodes[2].url(&format!("/api/searches/{id}")))
+        .send()
+        .await?;
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    let (_, events) = read_sse(
+        &cluster.nodes[1].url(&format!("/api/searches/{id}/events")),
+        None,
+        usize::MAX,
+        STREAM,
+    )
+    .await?;
+    assert_eq!(events.last().unwrap().event, "cancelled", "{events:?}");
+    Ok(())
+}
