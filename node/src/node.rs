@@ -42,8 +42,8 @@ pub struct Node {
 struct Services {
     state: AppState,
     engine: Arc<dyn Engine>,
-    maintenance: JoinHandle<()>,
-    membership: JoinHandle<()>,
+    /// Maintenance, membership and takeover loops; they stop with `stop_maintenance`.
+    background: Vec<JoinHandle<()>>,
     gossip: Arc<Gossip>,
     stop_maintenance: watch::Sender<bool>,
 }
@@ -52,6 +52,7 @@ impl Node {
     /// Binds the listener, opens the data dir and starts Raft. A new data dir starts a
     /// one-member cluster; an existing one recovers its cluster without re-initializing.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let started_ms = shoal_raft::unix_millis();
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!("cannot listen on {} (is another node running there?)", config.listen)
         })?;
@@ -205,6 +206,14 @@ impl Node {
             },
             stop_maintenance.subscribe(),
         ));
+        let takeover = tokio::spawn(jobs::takeover::run(
+            searches.clone(),
+            cluster.clone(),
+            gossip.clone(),
+            config.gossip_interval.max(Duration::from_millis(200)),
+            started_ms,
+            stop_maintenance.subscribe(),
+        ));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             toucher,
@@ -217,8 +226,8 @@ impl Node {
             secret,
             gossip: gossip.clone(),
         }));
-        let services =
-            Services { state, engine, maintenance, membership, gossip, stop_maintenance };
+        let background = vec![maintenance, membership, takeover];
+        let services = Services { state, engine, background, gossip, stop_maintenance };
         Ok(Self { listener, services })
     }
 
@@ -253,8 +262,9 @@ impl Services {
     async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = self.stop_maintenance.send(true);
-        let _ = self.maintenance.await;
-        let _ = self.membership.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         self.gossip.shutdown();
         self.state.cluster.shutdown().await;
         let engine = self.engine.clone();

@@ -101,6 +101,9 @@ pub enum ProgressCommand {
     Create { id: String, record: ProgressRecord },
     /// Records a milestone of attempt `attempt`, as event `seq`.
     Update { id: String, attempt: u32, seq: u64, update: ProgressUpdate },
+    /// Hands an unfinished record at attempt `attempt` to `owner` as attempt + 1, which
+    /// runs it again from the start (its owner died or restarted).
+    Takeover { id: String, attempt: u32, owner: NodeId },
 }
 
 /// How long an unfinished record lives at least after its last milestone: parts may
@@ -152,6 +155,36 @@ pub(crate) fn apply(
             record.created_at_ms = now_ms;
             record.updated_at_ms = now_ms;
             record.expires_at_ms = deadline(&record, now_ms);
+            put(batch, &id, &record);
+            Ok(Response::Progress { id, record })
+        }
+        ProgressCommand::Takeover { id, attempt, owner } => {
+            let Some(mut record) = read(state, &id)?.filter(|record| record.expires_at_ms > now_ms)
+            else {
+                return Ok(Response::Rejected(Rejection::ProgressNotFound));
+            };
+            if attempt != record.attempt {
+                return Ok(Response::Rejected(Rejection::StaleAttempt { current: record.attempt }));
+            }
+            if record.status.is_terminal() {
+                return Ok(Response::Rejected(Rejection::ProgressFinished));
+            }
+            let old_deadline = record.expires_at_ms;
+            record.attempt += 1;
+            record.owner = owner;
+            record.status = ProgressStatus::Queued;
+            for part in &mut record.parts {
+                *part = PartState {
+                    name: std::mem::take(&mut part.name),
+                    status: ProgressStatus::Queued,
+                    pages: 0,
+                    records: 0,
+                };
+            }
+            record.last_seq = 0;
+            record.updated_at_ms = now_ms;
+            record.expires_at_ms = deadline(&record, now_ms);
+            batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_PROGRESS, &id));
             put(batch, &id, &record);
             Ok(Response::Progress { id, record })
         }

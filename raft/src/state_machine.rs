@@ -79,6 +79,24 @@ impl StateReader {
         blob::read(&*self.state, id, now_ms)
     }
 
+    /// Returns every unexpired search and tracker.
+    pub fn progress_records(
+        &self,
+        now_ms: u64,
+    ) -> shoal_storage::Result<Vec<(String, ProgressRecord)>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let mut records = Vec::new();
+        for pair in self.state.scan_prefix(keys::PROGRESS_PREFIX) {
+            let (key, bytes) = pair?;
+            let record: ProgressRecord = codec::decode(&bytes, "progress")?;
+            if record.expires_at_ms > now_ms {
+                let id = String::from_utf8_lossy(&key[keys::PROGRESS_PREFIX.len()..]).into_owned();
+                records.push((id, record));
+            }
+        }
+        Ok(records)
+    }
+
     /// Returns the number of stored sessions (expired ones count until the next expiry).
     pub fn num_sessions(&self) -> u64 {
         self.num_sessions.load(Ordering::Relaxed)

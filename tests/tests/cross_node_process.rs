@@ -115,3 +115,79 @@ async fn sse_relayed_from_the_owner_resumes_through_every_node() -> anyhow::Resu
     assert_eq!(events.last().unwrap().event, "cancelled", "{events:?}");
     Ok(())
 }
+
+/// Follows `path` on `node`, reconnecting with the last event id whenever the stream ends
+/// before a terminal event, and returns every event received.
+async fn follow_to_the_end(
+    cluster: &TestCluster,
+    node: usize,
+    path: &str,
+) -> anyhow::Result<Vec<SseEvent>> {
+    let mut events: Vec<SseEvent> = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let last = events.iter().rev().find_map(|event| event.id.clone());
+        let (status, more) =
+            read_sse(&cluster.nodes[node].url(path), last.as_deref(), usize::MAX, STREAM).await?;
+        events.extend(more);
+        if events
+            .last()
+            .is_some_and(|e| ["completed", "failed", "cancelled"].contains(&e.event.as_str()))
+            || status == 204
+        {
+            return Ok(events);
+        }
+        anyhow::ensure!(
+            started.elapsed() < STREAM,
+            "no terminal event after {STREAM:?}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_live_node_takes_over_when_the_owner_dies() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(dir.path(), 3, &["--sample-page-delay-ms", "150"])?;
+    let leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let owner = (leader + 1) % 3;
+    let watcher = (leader + 2) % 3;
+    let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-06-30"});
+    let id = start_search(&cluster.nodes[owner].url(""), body).await?;
+    let path = format!("/api/searches/{id}/events");
+
+    let (_, first) = read_sse(&cluster.nodes[watcher].url(&path), None, 4, STREAM).await?;
+    assert_eq!(seq(&first[0]).0, 1);
+    tracing::info!(owner, "--- SIGKILL the owner mid-search");
+    cluster.nodes[owner].kill();
+
+    let mut events = first.clone();
+    let last = first.last().unwrap().id.clone();
+    let (_, more) =
+        read_sse(&cluster.nodes[watcher].url(&path), last.as_deref(), usize::MAX, STREAM).await?;
+    events.extend(more);
+    if events.last().is_none_or(|e| e.event != "completed") {
+        events.extend(follow_to_the_end(&cluster, watcher, &path).await?);
+    }
+    assert_eq!(events.last().unwrap().event, "completed", "{events:?}");
+    assert!(
+        events.iter().any(|event| event.id.as_deref().is_some_and(|id| id.starts_with("2:"))),
+        "{events:?}"
+    );
+    let terminals = events
+        .iter()
+        .filter(|e| ["completed", "failed", "cancelled"].contains(&e.event.as_str()))
+        .count();
+    assert_eq!(terminals, 1, "exactly one final result: {events:?}");
+
+    let state = get_json(&cluster.nodes[leader].url(&format!("/api/searches/{id}"))).await?;
+    assert_eq!(
+        (state["status"].as_str(), state["attempt"].as_u64()),
+        (Some("completed"), Some(2)),
+        "{state}"
+    );
+    assert_eq!(state["owner"], cluster.node_id(leader).await?);
+    let link = state["result"]["download"]["url"].as_str().unwrap();
+    assert_eq!(reqwest::get(cluster.nodes[watcher].url(link)).await?.status(), StatusCode::OK);
+    Ok(())
+}

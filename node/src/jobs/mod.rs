@@ -7,6 +7,7 @@ mod params;
 mod pncp;
 mod pool;
 mod sample;
+pub mod takeover;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
 use shoal_raft::{
     Cluster, ClusterError, Command, NodeId, PartState, ProgressCommand, ProgressRecord,
-    ProgressStatus, ProgressUpdate, Response,
+    ProgressStatus, ProgressUpdate, Rejection, Response,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -156,7 +157,16 @@ impl Searches {
             ttl_ms: self.settings.progress_ttl.as_millis() as u64,
             expires_at_ms: 0,
         };
-        let record = create(&self.cluster, &id, record).await?;
+        // Marked running before it exists, so the takeover loop never runs it twice.
+        let (cancel, cancelled) = watch::channel(false);
+        self.cancels.lock().expect("cancels lock").insert(id.clone(), cancel);
+        let record = match create(&self.cluster, &id, record).await {
+            Ok(record) => record,
+            Err(error) => {
+                self.cancels.lock().expect("cancels lock").remove(&id);
+                return Err(error.into());
+            }
+        };
         let topic = self.hub.open(&id, record.attempt, record.last_seq);
         tracing::info!(
             search_id = %id,
@@ -165,10 +175,37 @@ impl Searches {
             "created progress tracker: {id} ({} UFs) [mode: cluster]",
             params.ufs.len()
         );
-        let (cancel, cancelled) = watch::channel(false);
-        self.cancels.lock().expect("cancels lock").insert(id.clone(), cancel);
         tokio::spawn(self.clone().run(id.clone(), params, topic, reservation, cancelled));
         Ok((id, record))
+    }
+
+    /// Returns whether this node runs search `id` now.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.cancels.lock().expect("cancels lock").contains_key(id)
+    }
+
+    /// Runs attempt `record.attempt` of search `id` here, from the start: after a takeover.
+    pub async fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        record: &ProgressRecord,
+    ) -> Result<(), StartError> {
+        let params: SearchParams = serde_json::from_str(&record.params).map_err(|error| {
+            ClusterError::Raft(format!("search {id} has unreadable parameters: {error}"))
+        })?;
+        let reservation = self.pool.reserve(params.ufs.len())?;
+        let (cancel, cancelled) = watch::channel(false);
+        if self.cancels.lock().expect("cancels lock").insert(id.to_string(), cancel).is_some() {
+            return Ok(()); // Already running.
+        }
+        // Streams of the attempt that is over end, and their clients reconnect to this one.
+        if let Some(old) = self.hub.get(id).filter(|topic| topic.attempt != record.attempt) {
+            old.close();
+        }
+        let topic = self.hub.open(id, record.attempt, record.last_seq);
+        tracing::info!(search_id = %id, attempt = record.attempt, ufs = params.ufs.len(), "running a search taken over");
+        tokio::spawn(self.clone().run(id.to_string(), params, topic, reservation, cancelled));
+        Ok(())
     }
 
     /// Asks running search `id` to stop; returns false if this node does not run it.
@@ -305,6 +342,12 @@ impl Searches {
                 .await;
             match recorded {
                 Ok(_) => return,
+                Err(ClusterError::Rejected(Rejection::StaleAttempt { current })) => {
+                    // Another node took the search over: its attempt ends it, not this one.
+                    tracing::warn!(search_id = %id, current, "search was taken over; this attempt stops");
+                    topic.close();
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(search_id = %id, %error, try_number, "recording the end of a search failed");
                     last_error = Some(error);
