@@ -144,6 +144,35 @@ impl InternalClient {
         Ok(response)
     }
 
+    /// POSTs `body` (signed) and returns the answer's status and body, whatever the
+    /// status: for handing a public request to the node that must answer it.
+    pub async fn relay_post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), CallError> {
+        let timestamp = unix_millis();
+        let signature = self.secret.sign("POST", path, timestamp, &body);
+        let failed = |error: reqwest::Error| CallError::Unreachable {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        };
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await.map_err(failed)?.to_vec()))
+    }
+
     /// POSTs `request` (postcard) and decodes the postcard response.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,

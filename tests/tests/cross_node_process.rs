@@ -97,6 +97,34 @@ async fn sse_relayed_from_the_owner_resumes_through_every_node() -> anyhow::Resu
         assert_eq!(workbook.worksheet_range("Resultados")?.height() as u64, total + 1);
     }
 
+    tracing::info!("--- a tracker created on one node takes events posted on the others");
+    let client = reqwest::Client::new();
+    let tracker: Value = client
+        .post(cluster.nodes[0].url("/api/trackers"))
+        .json(&json!({"total": 2}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let tracker_id = tracker["id"].as_str().unwrap();
+    let events_path = format!("/api/trackers/{tracker_id}/events");
+    let follower = {
+        let url = cluster.nodes[2].url(&events_path);
+        tokio::spawn(async move { read_sse(&url, None, usize::MAX, STREAM).await })
+    };
+    for (node, body) in [
+        (1, json!({"type": "progress", "data": {"done": 1}})),
+        (2, json!({"type": "progress", "data": {"done": 2}})),
+        (1, json!({"type": "completed", "data": {"rows": 2}})),
+    ] {
+        let response =
+            client.post(cluster.nodes[node].url(&events_path)).json(&body).send().await?;
+        assert!(response.status().is_success(), "{}", response.text().await?);
+    }
+    let (_, events) = follower.await??;
+    assert_eq!(events[0].event, "snapshot");
+    assert_contiguous(seq(&events[0]).1, &events[1..], "completed");
+
     tracing::info!("--- cancel through a node that does not run the search");
     let slow = json!({"ufs": ["AC", "AL"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
     let id = start_search(&cluster.nodes[0].url(""), slow).await?;
@@ -189,5 +217,36 @@ async fn a_live_node_takes_over_when_the_owner_dies() -> anyhow::Result<()> {
     assert_eq!(state["owner"], cluster.node_id(leader).await?);
     let link = state["result"]["download"]["url"].as_str().unwrap();
     assert_eq!(reqwest::get(cluster.nodes[watcher].url(link)).await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_queue_places_searches_on_other_nodes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let args = ["--workers", "1", "--queue-capacity", "1", "--sample-page-delay-ms", "1000"];
+    let cluster = TestCluster::start(dir.path(), 3, &args)?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let body = json!({"ufs": ["AC"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
+    let client = reqwest::Client::new();
+    let mut owners = Vec::new();
+    // Each node holds one running and one queued part: six searches fill the cluster.
+    for _ in 0..6 {
+        let response =
+            client.post(cluster.nodes[0].url("/api/searches")).json(&body).send().await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await?);
+        let id = response.json::<Value>().await?["id"].as_str().unwrap().to_string();
+        let state = get_json(&cluster.nodes[0].url(&format!("/api/searches/{id}"))).await?;
+        owners.push(state["owner"].as_u64().unwrap());
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "searches spread over all three nodes");
+    let refused = client.post(cluster.nodes[0].url("/api/searches")).json(&body).send().await?;
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "503 only when every queue is full"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
     Ok(())
 }

@@ -35,6 +35,8 @@ pub fn routes(secret: ClusterSecret) -> Router<AppState> {
         .route(MEMBERSHIP_PATH, post(membership))
         .route("/internal/searches/{id}/stream", get(stream))
         .route("/internal/searches/{id}/cancel", post(cancel))
+        .route("/internal/trackers/{id}/events", post(tracker_event))
+        .route(super::searches::START_PATH, post(start_search))
         .layer(axum::middleware::from_fn_with_state(secret, authenticate))
         // Internal bodies (appends of blob chunks, snapshots) exceed the public limit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY))
@@ -188,6 +190,45 @@ async fn stream(
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(lines))
         .expect("a streaming response builds")
+}
+
+/// Publishes an event of a tracker this node owns, on behalf of the node a worker asked.
+async fn tracker_event(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let event: super::trackers::TrackerEvent = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(error) => return ApiError::unprocessable(error.to_string()).into_response(),
+    };
+    let record = match super::progress::read(&app, &id).await {
+        Ok(record) => record,
+        Err(error) => return error.into_response(),
+    };
+    if record.owner != app.cluster.node_id() {
+        return ApiError::not_found("not_found", "this node does not own that tracker")
+            .into_response();
+    }
+    super::trackers::apply_event(&app, &id, &record, event).await.into_response()
+}
+
+/// Runs a search here for a node whose queue was full: 202 with its id, or 503.
+async fn start_search(State(app): State<AppState>, body: Bytes) -> Response {
+    let params: crate::jobs::SearchParams = match serde_json::from_slice(&body) {
+        Ok(params) => params,
+        Err(error) => return ApiError::unprocessable(error.to_string()).into_response(),
+    };
+    match app.searches.start(params).await {
+        Ok((id, record)) => {
+            let body = serde_json::json!({ "id": id, "status": record.status.as_str() });
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        Err(crate::jobs::StartError::QueueFull(_)) => {
+            ApiError::unavailable("queue_full", "this node's queue is full too").into_response()
+        }
+        Err(crate::jobs::StartError::Cluster(error)) => ApiError::from(error).into_response(),
+    }
 }
 
 /// Cancels a search this node runs, on behalf of the node a client asked.

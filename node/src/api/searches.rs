@@ -7,13 +7,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use shoal_raft::Rejection;
+use shoal_raft::{ProgressRecord, Rejection};
 
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::progress::{self, view};
 use super::AppState;
-use crate::jobs::{SearchRequest, StartError};
+use crate::jobs::{SearchParams, SearchRequest, StartError};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -36,35 +36,81 @@ async fn start_search(
     let params = request
         .validate(&app.searches.source_names())
         .map_err(|invalid| ApiError::unprocessable(invalid.to_string()))?;
-    let (id, record) = app.searches.start(params).await.map_err(|error| match error {
-        StartError::QueueFull(_) => ApiError::unavailable(
-            "queue_full",
-            "every worker is busy and the queue is full; retry shortly",
-        ),
-        StartError::Cluster(error) => error.into(),
-    })?;
+    let (id, status) = match app.searches.start(params.clone()).await {
+        Ok((id, record)) => (id, record.status.as_str().to_string()),
+        Err(StartError::QueueFull(_)) => place_elsewhere(&app, &params).await?,
+        Err(StartError::Cluster(error)) => return Err(error.into()),
+    };
     if query.wait {
-        let topic = app.hub.get(&id).ok_or_else(|| ApiError::internal("search topic missing"))?;
-        let mut subscription = topic.subscribe(Some(0), || ()).await;
-        let mut finished = subscription.replay.iter().any(|event| event.is_terminal());
-        while !finished {
-            match subscription.live.recv().await {
-                Ok(event) => finished = event.is_terminal(),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-        let record = progress::read(&app, &id).await?;
+        let record = wait_until_finished(&app, &id).await?;
         return Ok(Json(view(&id, &record)).into_response());
     }
     let body = json!({
         "id": id,
-        "status": record.status.as_str(),
+        "status": status,
         "status_url": format!("/api/searches/{id}"),
         "events_url": format!("/api/searches/{id}/events"),
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
+
+/// Polls the replicated record until the search ends: wherever it runs, whatever
+/// attempt finishes it.
+async fn wait_until_finished(app: &AppState, id: &str) -> ApiResult<ProgressRecord> {
+    loop {
+        let record = progress::read(app, id).await?;
+        if record.status.is_terminal() {
+            return Ok(record);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// This node's queue is full: hands the search to the least-loaded live node (by the
+/// `load` each gossips) that has room; 503 only when every queue is full.
+async fn place_elsewhere(app: &AppState, params: &SearchParams) -> ApiResult<(String, String)> {
+    let status = app.cluster.status();
+    let mut candidates: Vec<_> = app
+        .gossip
+        .members()
+        .await
+        .into_iter()
+        .filter(|member| member.alive && member.ready && member.node_id != status.node_id)
+        .filter(|member| status.members.iter().any(|(id, _)| *id == member.node_id))
+        .filter_map(|member| member.api_addr.clone().map(|addr| (member.load, addr)))
+        .collect();
+    candidates.sort();
+    let body = serde_json::to_vec(params).map_err(ApiError::internal)?;
+    for (load, addr) in candidates {
+        let placed = app
+            .cluster
+            .client()
+            .relay_post(&addr, START_PATH, body.clone(), app.config.request_timeout)
+            .await;
+        match placed {
+            Ok((202, answer)) => {
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&answer).map_err(ApiError::internal)?;
+                let id = answer["id"].as_str().unwrap_or_default().to_string();
+                tracing::info!(search_id = %id, %addr, load, "queue full here: search placed on another node");
+                return Ok((id, answer["status"].as_str().unwrap_or("queued").to_string()));
+            }
+            Ok((status, _)) => {
+                tracing::debug!(%addr, status, "that node cannot take the search either")
+            }
+            Err(error) => tracing::debug!(%addr, %error, "could not offer the search to that node"),
+        }
+    }
+    Err(ApiError::unavailable(
+        "queue_full",
+        "every worker of every node is busy and the queues are full; retry shortly",
+    ))
+}
+
+/// The path through which a node with a full queue places a search on another node.
+pub const START_PATH: &str = "/internal/searches/start";
+/// How often `?wait=true` re-reads the search.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 async fn get_search(
     State(app): State<AppState>,

@@ -36,9 +36,9 @@ struct CreateTracker {
     label: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct TrackerEvent {
+pub struct TrackerEvent {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -113,6 +113,43 @@ async fn post_event(
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
     }
+    if record.owner != app.cluster.node_id() {
+        // The tracker's events are numbered on the node that created it: hand it over.
+        let owner = app.cluster.member_addr(record.owner).ok_or_else(|| {
+            ApiError::unavailable(
+                "owner_unknown",
+                "the node of that tracker is unknown; retry shortly",
+            )
+        })?;
+        let body = serde_json::to_vec(&event).map_err(ApiError::internal)?;
+        let path = format!("/internal/trackers/{id}/events");
+        let (status, body) = app
+            .cluster
+            .client()
+            .relay_post(&owner, &path, body, app.config.request_timeout)
+            .await
+            .map_err(|error| {
+                tracing::warn!(tracker_id = %id, %error, "forwarding a tracker event failed");
+                ApiError::unavailable(
+                    "owner_unreachable",
+                    "the node of that tracker did not answer; retry shortly",
+                )
+            })?;
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            .into_response());
+    }
+    apply_event(&app, &id, &record, event).await
+}
+
+/// Publishes `event` of tracker `id`, which this node owns.
+pub async fn apply_event(
+    app: &AppState,
+    id: &str,
+    record: &ProgressRecord,
+    event: TrackerEvent,
+) -> ApiResult<Response> {
+    let id = id.to_string();
     let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
     let (status, kind) = match event.kind.as_str() {
         "progress" => {
