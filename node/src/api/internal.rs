@@ -155,19 +155,34 @@ async fn stream(
     let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
     let replay: Vec<String> = subscription.replay.iter().map(|event| Frame::line(event)).collect();
     let last_seen = subscription.replay.last().map_or(query.after, |event| event.seq);
+    let closed = topic.closed();
     let live = futures::stream::unfold(
-        (subscription.live, last_seen, replay_done, topic.clone()),
-        |(mut live, mut last_seen, done, topic)| async move {
+        (subscription.live, last_seen, replay_done, topic.clone(), closed),
+        |(mut live, mut last_seen, done, topic, mut closed)| async move {
             loop {
                 if done {
                     return None;
                 }
-                match live.recv().await {
+                let received = tokio::select! {
+                    biased;
+                    received = live.recv() => Some(received),
+                    // The attempt stopped without a terminal event: end, so relays notice.
+                    _ = closed.wait_for(|closed| *closed) => return None,
+                    // An empty line now and then lets relays tell a silent owner from a dead one.
+                    _ = tokio::time::sleep(crate::sse::relay::HEARTBEAT) => None,
+                };
+                let Some(received) = received else {
+                    return Some(("\n".to_string(), (live, last_seen, done, topic, closed)));
+                };
+                match received {
                     Ok(event) if event.seq <= last_seen => continue,
                     Ok(event) => {
                         last_seen = event.seq;
                         let terminal = event.is_terminal();
-                        return Some((Frame::line(&event), (live, last_seen, terminal, topic)));
+                        return Some((
+                            Frame::line(&event),
+                            (live, last_seen, terminal, topic, closed),
+                        ));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Send what was missed from the history, then carry on live.
@@ -176,7 +191,7 @@ async fn stream(
                         last_seen = last.seq;
                         let terminal = missed.iter().any(|event| event.is_terminal());
                         let lines: String = missed.iter().map(|event| Frame::line(event)).collect();
-                        return Some((lines, (live, last_seen, terminal, topic)));
+                        return Some((lines, (live, last_seen, terminal, topic, closed)));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }

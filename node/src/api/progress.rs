@@ -148,12 +148,24 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                 Err(error) => return Err(ApiError::internal(error)),
             };
             let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
-            if subscription.finished && !replay_done {
+            if subscription.finished && !replay_done && record.status.is_terminal() {
                 // Ended before this request: answer from the record, like any node would.
                 match finished_events(&id, &record, resume) {
                     Some(events) => events,
                     None => return Ok(StatusCode::NO_CONTENT.into_response()),
                 }
+            } else if subscription.finished && !replay_done {
+                // Ended with a terminal event the record could not take (see
+                // `Searches::finish`): that event is the end, from the topic.
+                let terminal = topic.since(subscription.seq.saturating_sub(1)).await;
+                let Some(terminal) = terminal.last() else {
+                    return Err(ApiError::internal("a finished topic without its terminal event"));
+                };
+                if resume.is_some_and(|(_, seq)| seq >= terminal.seq) {
+                    return Ok(StatusCode::NO_CONTENT.into_response());
+                }
+                let head = snapshot_event(&id, topic.attempt, terminal.seq - 1, &record);
+                Box::pin(stream::iter([head, sse_event(terminal)]))
             } else {
                 // A resume point the topic cannot replay from starts over with a snapshot.
                 let head = (!subscription.resumed)

@@ -91,7 +91,12 @@ async fn place_elsewhere(app: &AppState, params: &SearchParams) -> ApiResult<(St
             Ok((202, answer)) => {
                 let answer: serde_json::Value =
                     serde_json::from_slice(&answer).map_err(ApiError::internal)?;
-                let id = answer["id"].as_str().unwrap_or_default().to_string();
+                let Some(id) =
+                    answer["id"].as_str().filter(|id| !id.is_empty()).map(str::to_string)
+                else {
+                    tracing::warn!(%addr, "a node accepted a search but answered no id");
+                    continue;
+                };
                 tracing::info!(search_id = %id, %addr, load, "queue full here: search placed on another node");
                 return Ok((id, answer["status"].as_str().unwrap_or("queued").to_string()));
             }

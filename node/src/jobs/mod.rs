@@ -77,6 +77,8 @@ pub struct Searches {
     reports: Arc<Reports>,
     settings: SearchSettings,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Every (search, attempt) this process has started: an attempt runs at most once.
+    started: Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
 /// How many times the end of a search is tried before streams are ended anyway.
@@ -106,7 +108,15 @@ impl Searches {
         reports: Arc<Reports>,
         settings: SearchSettings,
     ) -> Self {
-        Self { cluster, hub, pool, reports, settings, cancels: Mutex::default() }
+        Self {
+            cluster,
+            hub,
+            pool,
+            reports,
+            settings,
+            cancels: Mutex::default(),
+            started: Mutex::default(),
+        }
     }
 
     /// Returns the sources a search may ask for.
@@ -167,6 +177,7 @@ impl Searches {
                 return Err(error.into());
             }
         };
+        self.started.lock().expect("started lock").insert((id.clone(), record.attempt));
         let topic = self.hub.open(&id, record.attempt, record.last_seq);
         tracing::info!(
             search_id = %id,
@@ -177,6 +188,11 @@ impl Searches {
         );
         tokio::spawn(self.clone().run(id.clone(), params, topic, reservation, cancelled));
         Ok((id, record))
+    }
+
+    /// Returns whether this process ever started attempt `attempt` of search `id`.
+    pub fn has_started(&self, id: &str, attempt: u32) -> bool {
+        self.started.lock().expect("started lock").contains(&(id.to_string(), attempt))
     }
 
     /// Returns whether this node runs search `id` now.
@@ -195,6 +211,9 @@ impl Searches {
         })?;
         let reservation = self.pool.reserve(params.ufs.len())?;
         let (cancel, cancelled) = watch::channel(false);
+        if !self.started.lock().expect("started lock").insert((id.to_string(), record.attempt)) {
+            return Ok(()); // This attempt ran here already; a takeover starts the next one.
+        }
         if self.cancels.lock().expect("cancels lock").insert(id.to_string(), cancel).is_some() {
             return Ok(()); // Already running.
         }

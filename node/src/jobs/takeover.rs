@@ -1,9 +1,9 @@
 //! Takeover (DESIGN §8): unfinished searches whose owner is dead, or that this node
 //! owned before it restarted, run again here as the next attempt.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_raft::{
     unix_millis, Cluster, Command, NodeId, ProgressCommand, ProgressRecord, Response,
@@ -11,6 +11,9 @@ use shoal_raft::{
 use tokio::sync::watch;
 
 use super::Searches;
+
+/// How long an owner must look dead before the leader takes its searches over.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
 use crate::gossip::Gossip;
 
 /// Runs the takeover loop every `interval` until `shutdown` turns true. `started_ms` is
@@ -26,10 +29,16 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when each owner has looked dead (or unknown) to gossip.
+    let mut suspected: HashMap<NodeId, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        // Decide on the cluster's latest state, not a lagging local copy.
+        if cluster.read_barrier().await.is_err() {
+            continue;
         }
         let Ok(records) = cluster.reader().progress_records(unix_millis()) else { continue };
         let unfinished: Vec<(String, ProgressRecord)> = records
@@ -38,29 +47,37 @@ pub async fn run(
                 record.kind == "search" && !record.status.is_terminal() && !searches.is_running(id)
             })
             .collect();
-        if unfinished.is_empty() {
-            continue;
-        }
-        let dead: BTreeSet<NodeId> = gossip
+        let alive: BTreeSet<NodeId> = gossip
             .members()
             .await
             .into_iter()
-            .filter(|member| !member.alive)
+            .filter(|member| member.alive)
             .map(|member| member.node_id)
             .collect();
+        let now = Instant::now();
+        suspected.retain(|node_id, _| !alive.contains(node_id));
         let me = cluster.node_id();
         for (id, record) in unfinished {
-            let mine = record.owner == me;
-            if mine && record.updated_at_ms >= started_ms {
-                // Handed to this node by a takeover: run it as it is.
-                if let Err(error) = searches.resume(&id, &record).await {
-                    tracing::warn!(search_id = %id, %error, "cannot run a search taken over yet; retrying");
+            let take_over = if record.owner == me {
+                if !searches.has_started(&id, record.attempt) && record.updated_at_ms >= started_ms
+                {
+                    // Handed to this node by a takeover: run that attempt, once.
+                    if let Err(error) = searches.resume(&id, &record).await {
+                        tracing::warn!(search_id = %id, %error, "cannot run a search taken over yet; retrying");
+                    }
+                    continue;
                 }
-                continue;
-            }
-            // The leader alone takes over from dead owners, so only one node does.
-            let orphaned = mine || (cluster.is_leader() && dead.contains(&record.owner));
-            if !orphaned {
+                // Orphaned by a restart, or an attempt here that could not record its end.
+                true
+            } else if alive.contains(&record.owner) || !cluster.is_leader() {
+                false
+            } else {
+                // The leader alone takes over from owners gossip has not seen alive for a
+                // while (a pause or a new leader's cold gossip is not a death).
+                let since = *suspected.entry(record.owner).or_insert(now);
+                now.duration_since(since) >= TAKEOVER_GRACE
+            };
+            if !take_over {
                 continue;
             }
             let command =

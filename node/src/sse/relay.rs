@@ -20,6 +20,10 @@ use crate::gossip::Gossip;
 const IDLE_GRACE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often an owner's stream sends an empty line when it has no event.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A stream silent this long (no event, no heartbeat) is taken for dead.
+const SILENCE: Duration = Duration::from_secs(10);
 /// How long a relayed topic stays after its terminal event, for late reconnects.
 const FINISHED_LINGER: Duration = Duration::from_secs(60);
 
@@ -120,13 +124,16 @@ async fn relay_once(
     };
     let mut buffer = Vec::new();
     loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) | Err(_) => return false,
+        let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None) | Err(_)) | Err(_) => return false,
         };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // heartbeat
+            }
             let Ok(frame) = serde_json::from_slice::<Frame>(&line) else { continue };
             let Some(kind) = ProgressEvent::known_kind(&frame.kind) else { continue };
             let terminal = matches!(kind, "completed" | "failed" | "cancelled");
