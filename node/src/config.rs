@@ -268,6 +268,23 @@ fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError { flag, problem: problem.into() }
 }
 
+/// Returns a secret given directly, or read (trimmed) from the file of `file_flag`.
+fn secret_value(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    file_flag: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(path)) => {
+            std::fs::read_to_string(&path).map(|text| Some(text.trim().to_string())).map_err(
+                |error| invalid(file_flag, format!("cannot read {}: {error}", path.display())),
+            )
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl ServeArgs {
     /// Validates the flags into a [`Config`].
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -336,21 +353,8 @@ impl ServeArgs {
                 return Err(invalid("advertise-addr", format!("`{addr}` is not host:port")));
             }
         }
-        let cluster_secret = match (self.cluster_secret, self.cluster_secret_file) {
-            (Some(secret), _) => Some(secret),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|error| {
-                        invalid(
-                            "cluster-secret-file",
-                            format!("cannot read {}: {error}", path.display()),
-                        )
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        let cluster_secret =
+            secret_value(self.cluster_secret, self.cluster_secret_file, "cluster-secret-file")?;
         let peers: Vec<String> = self
             .peers
             .iter()
@@ -378,21 +382,8 @@ impl ServeArgs {
         if self.gossip_interval_ms == 0 || self.dead_node_timeout == 0 {
             return Err(invalid("gossip-interval-ms/dead-node-timeout", "must be positive"));
         }
-        let admin_token = match (self.admin_token, self.admin_token_file) {
-            (Some(token), _) => Some(token),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|error| {
-                        invalid(
-                            "admin-token-file",
-                            format!("cannot read {}: {error}", path.display()),
-                        )
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        let admin_token =
+            secret_value(self.admin_token, self.admin_token_file, "admin-token-file")?;
         if cluster_secret.as_ref().is_some_and(|secret| secret.len() < 16) {
             return Err(invalid(
                 "cluster-secret",

@@ -51,20 +51,12 @@ pub fn node_id(data_dir: &Path, requested: Option<u64>) -> anyhow::Result<u64> {
 pub fn signing_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let path = data_dir.join(SIGNING_KEY_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim();
-            let bytes: Option<Vec<u8>> = (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect();
-            bytes
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .with_context(|| format!("{} is corrupt: expected 64 hex digits", path.display()))
-        }
+        Ok(text) => shoal_raft::auth::unhex(text.trim())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .with_context(|| format!("{} is corrupt: expected 64 hex digits", path.display())),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
-            let text: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
-            write_durably(&path, text.as_bytes())?;
+            write_durably(&path, shoal_raft::auth::hex(&key).as_bytes())?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;

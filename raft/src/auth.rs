@@ -34,11 +34,13 @@ pub enum AuthError {
     Forged,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Returns `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// Parses hex into bytes; `None` unless it is an even number of hex digits.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }

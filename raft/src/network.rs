@@ -77,38 +77,13 @@ impl InternalClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        let timestamp = unix_millis();
-        let signature = self.secret.sign("POST", path, timestamp, &body);
-        let response = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|error| {
-                let reason = error.to_string();
-                if error.is_connect() {
-                    CallError::Unreachable { addr: addr.to_string(), reason }
-                } else {
-                    CallError::Failed { addr: addr.to_string(), reason }
-                }
-            })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|error| CallError::Failed {
-            addr: addr.to_string(),
-            reason: error.to_string(),
-        })?;
-        if !status.is_success() {
+        let (status, body) = self.relay_post(addr, path, body, timeout).await?;
+        if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
-            return Err(CallError::Failed {
-                addr: addr.to_string(),
-                reason: format!("{path} answered {status}: {text}"),
-            });
+            let reason = format!("{path} answered {status}: {text}");
+            return Err(CallError::Failed { addr: addr.to_string(), reason });
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 
     /// Opens a signed, long-lived GET of `path_and_query` on the node at `addr` and
@@ -153,12 +128,16 @@ impl InternalClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), CallError> {
+        let call_error = |error: reqwest::Error| {
+            let reason = error.to_string();
+            if error.is_connect() {
+                CallError::Unreachable { addr: addr.to_string(), reason }
+            } else {
+                CallError::Failed { addr: addr.to_string(), reason }
+            }
+        };
         let timestamp = unix_millis();
         let signature = self.secret.sign("POST", path, timestamp, &body);
-        let failed = |error: reqwest::Error| CallError::Unreachable {
-            addr: addr.to_string(),
-            reason: error.to_string(),
-        };
         let response = self
             .http
             .post(format!("http://{addr}{path}"))
@@ -168,9 +147,9 @@ impl InternalClient {
             .body(body)
             .send()
             .await
-            .map_err(failed)?;
+            .map_err(call_error)?;
         let status = response.status().as_u16();
-        Ok((status, response.bytes().await.map_err(failed)?.to_vec()))
+        Ok((status, response.bytes().await.map_err(call_error)?.to_vec()))
     }
 
     /// POSTs `request` (postcard) and decodes the postcard response.

@@ -137,6 +137,25 @@ pub(crate) fn delete(batch: &mut WriteBatch, id: &str, record: &ProgressRecord) 
     batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, id));
 }
 
+/// Returns record `id` if it is live, at `attempt` and unfinished; else why not.
+fn unfinished(
+    state: &dyn Tree,
+    id: &str,
+    attempt: u32,
+    now_ms: u64,
+) -> shoal_storage::Result<Result<ProgressRecord, Rejection>> {
+    let Some(record) = read(state, id)?.filter(|record| record.expires_at_ms > now_ms) else {
+        return Ok(Err(Rejection::ProgressNotFound));
+    };
+    Ok(if attempt != record.attempt {
+        Err(Rejection::StaleAttempt { current: record.attempt })
+    } else if record.status.is_terminal() {
+        Err(Rejection::ProgressFinished)
+    } else {
+        Ok(record)
+    })
+}
+
 /// Applies `command` at the leader's `now_ms`, adding its writes to `batch`.
 pub(crate) fn apply(
     state: &dyn Tree,
@@ -159,16 +178,10 @@ pub(crate) fn apply(
             Ok(Response::Progress { id, record })
         }
         ProgressCommand::Takeover { id, attempt, owner } => {
-            let Some(mut record) = read(state, &id)?.filter(|record| record.expires_at_ms > now_ms)
-            else {
-                return Ok(Response::Rejected(Rejection::ProgressNotFound));
+            let mut record = match unfinished(state, &id, attempt, now_ms)? {
+                Ok(record) => record,
+                Err(rejection) => return Ok(Response::Rejected(rejection)),
             };
-            if attempt != record.attempt {
-                return Ok(Response::Rejected(Rejection::StaleAttempt { current: record.attempt }));
-            }
-            if record.status.is_terminal() {
-                return Ok(Response::Rejected(Rejection::ProgressFinished));
-            }
             let old_deadline = record.expires_at_ms;
             record.attempt += 1;
             record.owner = owner;
@@ -189,16 +202,10 @@ pub(crate) fn apply(
             Ok(Response::Progress { id, record })
         }
         ProgressCommand::Update { id, attempt, seq, update } => {
-            let Some(mut record) = read(state, &id)?.filter(|record| record.expires_at_ms > now_ms)
-            else {
-                return Ok(Response::Rejected(Rejection::ProgressNotFound));
+            let mut record = match unfinished(state, &id, attempt, now_ms)? {
+                Ok(record) => record,
+                Err(rejection) => return Ok(Response::Rejected(rejection)),
             };
-            if attempt != record.attempt {
-                return Ok(Response::Rejected(Rejection::StaleAttempt { current: record.attempt }));
-            }
-            if record.status.is_terminal() {
-                return Ok(Response::Rejected(Rejection::ProgressFinished));
-            }
             let old_deadline = record.expires_at_ms;
             match update {
                 ProgressUpdate::Started => record.status = ProgressStatus::Running,

@@ -3,6 +3,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use shoal_raft::auth::{hex, unhex};
 
 /// Signs and checks download links with one key.
 #[derive(Clone)]
@@ -23,17 +24,6 @@ pub enum LinkError {
     BadSignature,
     /// The link was genuine but its time is up.
     Expired,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 impl DownloadSigner {
