@@ -185,7 +185,10 @@ pub(crate) fn apply(
             let old_deadline = record.expires_at_ms;
             record.attempt += 1;
             record.owner = owner;
-            record.status = ProgressStatus::Queued;
+            // A search runs again from its queue; a tracker carries on taking events.
+            if record.kind != "tracker" {
+                record.status = ProgressStatus::Queued;
+            }
             for part in &mut record.parts {
                 *part = PartState {
                     name: std::mem::take(&mut part.name),

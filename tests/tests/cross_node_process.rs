@@ -183,6 +183,15 @@ async fn a_live_node_takes_over_when_the_owner_dies() -> anyhow::Result<()> {
     let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-06-30"});
     let id = start_search(&cluster.nodes[owner].url(""), body).await?;
     let path = format!("/api/searches/{id}/events");
+    let client = reqwest::Client::new();
+    let tracker: Value = client
+        .post(cluster.nodes[owner].url("/api/trackers"))
+        .json(&json!({"total": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let tracker_id = tracker["id"].as_str().unwrap().to_string();
 
     let (_, first) = read_sse(&cluster.nodes[watcher].url(&path), None, 4, STREAM).await?;
     assert_eq!(seq(&first[0]).0, 1);
@@ -217,6 +226,28 @@ async fn a_live_node_takes_over_when_the_owner_dies() -> anyhow::Result<()> {
     assert_eq!(state["owner"], cluster.node_id(leader).await?);
     let link = state["result"]["download"]["url"].as_str().unwrap();
     assert_eq!(reqwest::get(cluster.nodes[watcher].url(link)).await?.status(), StatusCode::OK);
+
+    tracing::info!("--- the dead owner's tracker takes events again, through its new owner");
+    let events = cluster.nodes[watcher].url(&format!("/api/trackers/{tracker_id}/events"));
+    wait_until("the tracker has a live owner", FORM, || {
+        let (client, events) = (client.clone(), events.clone());
+        async move {
+            let response = client
+                .post(&events)
+                .json(&json!({"type": "completed", "data": {"ok": true}}))
+                .send()
+                .await?;
+            Ok(response.status().is_success())
+        }
+    })
+    .await?;
+    let tracker =
+        get_json(&cluster.nodes[watcher].url(&format!("/api/trackers/{tracker_id}"))).await?;
+    assert_eq!(
+        (tracker["status"].as_str(), tracker["attempt"].as_u64()),
+        (Some("completed"), Some(2)),
+        "{tracker}"
+    );
     Ok(())
 }
 

@@ -44,7 +44,9 @@ pub async fn run(
         let unfinished: Vec<(String, ProgressRecord)> = records
             .into_iter()
             .filter(|(id, record)| {
-                record.kind == "search" && !record.status.is_terminal() && !searches.is_running(id)
+                !record.status.is_terminal()
+                    && (record.kind == "tracker"
+                        || (record.kind == "search" && !searches.is_running(id)))
             })
             .collect();
         let alive: BTreeSet<NodeId> = gossip
@@ -58,7 +60,14 @@ pub async fn run(
         suspected.retain(|node_id, _| !alive.contains(node_id));
         let me = cluster.node_id();
         for (id, record) in unfinished {
-            let take_over = if record.owner == me {
+            let take_over = if record.kind == "tracker" {
+                // A tracker runs nothing: it only needs an owner alive to number its events.
+                record.owner != me
+                    && cluster.is_leader()
+                    && !alive.contains(&record.owner)
+                    && now.duration_since(*suspected.entry(record.owner).or_insert(now))
+                        >= TAKEOVER_GRACE
+            } else if record.owner == me {
                 if !searches.has_started(&id, record.attempt) && record.updated_at_ms >= started_ms
                 {
                     // Handed to this node by a takeover: run that attempt, once.
@@ -88,10 +97,12 @@ pub async fn run(
                         search_id = %id,
                         from = record.owner,
                         attempt = taken.attempt,
-                        "took over a search whose owner is gone"
+                        "took over a search or tracker whose owner is gone"
                     );
-                    if let Err(error) = searches.resume(&id, &taken).await {
-                        tracing::warn!(search_id = %id, %error, "cannot run a search taken over yet; retrying");
+                    if taken.kind == "search" {
+                        if let Err(error) = searches.resume(&id, &taken).await {
+                            tracing::warn!(search_id = %id, %error, "cannot run a search taken over yet; retrying");
+                        }
                     }
                 }
                 Ok(_) => {}
