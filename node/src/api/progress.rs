@@ -17,6 +17,8 @@ use super::AppState;
 use crate::sse::{relay, ProgressEvent, RelayTopic};
 use crate::time::rfc3339_millis;
 
+/// How long a resuming client waits for this node's relay to reach its resume point.
+const RELAY_CATCH_UP: Duration = Duration::from_secs(2);
 /// How often a stream without a local topic re-reads the replicated record.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -139,9 +141,21 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
     let events: EventStream = match topic {
         Some(topic) => {
             let reader = app.cluster.reader().clone();
-            let subscription = topic
-                .subscribe(resume.map(|(_, seq)| seq), || reader.progress(&id, unix_millis()))
-                .await;
+            // A new client starts from the record read above (after a read barrier),
+            // labelled with the last event it reflects, then the events after it: snapshot
+            // and events agree even when this replica lags the owner's numbering.
+            let start = resume.map(|(_, seq)| seq).unwrap_or(record.last_seq);
+            // A client may have seen, through another node, events this node's relay has
+            // not received yet: give the relay a moment rather than start over.
+            let caught_up = async {
+                while topic.last_seq().await < start {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let _ = tokio::time::timeout(RELAY_CATCH_UP, caught_up).await;
+            let snapshot_from_record = resume.is_none().then(|| record.clone());
+            let subscription =
+                topic.subscribe(Some(start), || reader.progress(&id, unix_millis())).await;
             let record = match subscription.state {
                 Ok(Some(record)) => record,
                 Ok(None) => return Err(Rejection::ProgressNotFound.into()),
@@ -167,9 +181,16 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                 let head = snapshot_event(&id, topic.attempt, terminal.seq - 1, &record);
                 Box::pin(stream::iter([head, sse_event(terminal)]))
             } else {
-                // A resume point the topic cannot replay from starts over with a snapshot.
-                let head = (!subscription.resumed)
-                    .then(|| snapshot_event(&id, topic.attempt, subscription.seq, &record));
+                let head = match (&snapshot_from_record, subscription.resumed) {
+                    (None, true) => None,
+                    (Some(first), true) => {
+                        Some(snapshot_event(&id, topic.attempt, first.last_seq, first))
+                    }
+                    // A point the topic cannot replay from starts over with a snapshot now.
+                    (_, false) => {
+                        Some(snapshot_event(&id, topic.attempt, subscription.seq, &record))
+                    }
+                };
                 let last_seen =
                     subscription.replay.last().map_or(subscription.seq, |event| event.seq);
                 let replay: Vec<Event> = subscription.replay.iter().map(|e| sse_event(e)).collect();
