@@ -78,6 +78,17 @@ fn start_nginx(dir: &Path, node_ports: &[u16], listen: u16) -> anyhow::Result<Ng
     Ok(Nginx(child))
 }
 
+/// Returns the session of `cookie`, read through the load balancer.
+async fn cookie_session(client: &reqwest::Client, lb: &str, cookie: &str) -> anyhow::Result<Value> {
+    Ok(client
+        .get(format!("{lb}/api/session"))
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 #[tokio::test]
 #[ignore = "needs nginx: scripts/test installs it and runs this test"]
 async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
@@ -115,14 +126,7 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
     assert_eq!(created.status(), StatusCode::CREATED);
     let cookie = created.headers()["set-cookie"].to_str()?.split(';').next().unwrap().to_string();
     for _ in 0..12 {
-        let session: Value = client
-            .get(format!("{lb}/api/session"))
-            .header("cookie", &cookie)
-            .send()
-            .await?
-            .json()
-            .await?;
-        assert_eq!(session["data"]["user"], "ana");
+        assert_eq!(cookie_session(&client, &lb, &cookie).await?["data"]["user"], "ana");
     }
 
     tracing::info!("--- a search followed over SSE through nginx, then its report downloaded");
@@ -154,14 +158,7 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
             .send()
             .await?;
         assert_eq!(response.status(), StatusCode::CREATED, "request {n} after the kill");
-        let session: Value = client
-            .get(format!("{lb}/api/session"))
-            .header("cookie", &cookie)
-            .send()
-            .await?
-            .json()
-            .await?;
-        assert_eq!(session["data"]["user"], "ana");
+        assert_eq!(cookie_session(&client, &lb, &cookie).await?["data"]["user"], "ana");
     }
     Ok(())
 }

@@ -65,6 +65,24 @@ pub async fn read(app: &AppState, id: &str) -> ApiResult<ProgressRecord> {
         .ok_or(ApiError::from(Rejection::ProgressNotFound))
 }
 
+/// Reads record `id` linearizably, as a record of `kind` (`search` or `tracker`).
+pub async fn read_kind(app: &AppState, id: &str, kind: &str) -> ApiResult<ProgressRecord> {
+    let record = read(app, id).await?;
+    if record.kind != kind {
+        return Err(Rejection::ProgressNotFound.into());
+    }
+    Ok(record)
+}
+
+/// The `GET …/{id}/events` handler of searches and trackers alike.
+pub async fn events_handler(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    events(app, id, headers).await
+}
+
 fn parse_last_event_id(headers: &HeaderMap) -> Option<(u32, u64)> {
     let text = headers.get("last-event-id")?.to_str().ok()?;
     let (attempt, seq) = text.trim().split_once(':')?;

@@ -1,7 +1,7 @@
 //! The searches API (DESIGN §6): start, read, follow over SSE, cancel.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,7 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/searches", post(start_search))
         .route("/api/searches/{id}", get(get_search).delete(cancel_search))
-        .route("/api/searches/{id}/events", get(search_events))
+        .route("/api/searches/{id}/events", get(progress::events_handler))
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,19 +121,8 @@ async fn get_search(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let record = progress::read(&app, &id).await?;
-    if record.kind != "search" {
-        return Err(Rejection::ProgressNotFound.into());
-    }
+    let record = progress::read_kind(&app, &id, "search").await?;
     Ok(Json(view(&id, &record)))
-}
-
-async fn search_events(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    progress::events(app, id, headers).await
 }
 
 async fn cancel_search(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -2,7 +2,7 @@
 //! any language creates a tracker, posts its events, and browsers follow them over SSE.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/trackers", post(create_tracker))
         .route("/api/trackers/{id}", get(get_tracker))
-        .route("/api/trackers/{id}/events", get(tracker_events).post(post_event))
+        .route("/api/trackers/{id}/events", get(progress::events_handler).post(post_event))
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,19 +86,8 @@ async fn get_tracker(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let record = progress::read(&app, &id).await?;
-    if record.kind != "tracker" {
-        return Err(Rejection::ProgressNotFound.into());
-    }
+    let record = progress::read_kind(&app, &id, "tracker").await?;
     Ok(Json(view(&id, &record)))
-}
-
-async fn tracker_events(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    progress::events(app, id, headers).await
 }
 
 async fn post_event(
@@ -106,10 +95,7 @@ async fn post_event(
     Path(id): Path<String>,
     JsonBody(event): JsonBody<TrackerEvent>,
 ) -> ApiResult<Response> {
-    let record = progress::read(&app, &id).await?;
-    if record.kind != "tracker" {
-        return Err(Rejection::ProgressNotFound.into());
-    }
+    let record = progress::read_kind(&app, &id, "tracker").await?;
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
     }
