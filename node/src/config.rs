@@ -180,6 +180,48 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_REPORT_TTL", default_value_t = 3600, value_name = "SECS")]
     pub report_ttl: u64,
 
+    /// Redis URL: keep sessions, searches and their events in this Redis instead of Raft
+    /// (compatibility mode; keys as the classic setup used them)
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis keys of searches, events and reports (`bidiq:progress:{id}`)
+    #[arg(long, env = "SHOAL_REDIS_PREFIX", default_value = "bidiq")]
+    pub redis_prefix: String,
+
+    /// S3 bucket for reports (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY);
+    /// downloads then use pre-signed URLs
+    #[arg(long, env = "SHOAL_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// S3 endpoint of a non-AWS server (MinIO, Supabase Storage, a local server)
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region
+    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Allow a plain-http S3 endpoint (local servers only)
+    #[arg(long, env = "AWS_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+
+    /// Address the bucket as `bucket.host` instead of `host/bucket` (path style, the default)
+    #[arg(long, env = "AWS_VIRTUAL_HOSTED_STYLE_REQUEST")]
+    pub s3_virtual_hosted_style: bool,
+
+    /// Prefix of the report objects in the bucket
+    #[arg(long, env = "SHOAL_S3_PREFIX", default_value = "reports/")]
+    pub s3_prefix: String,
+
+    /// Seconds a pre-signed S3 download URL stays valid
+    #[arg(long, env = "SHOAL_DOWNLOAD_URL_TTL", default_value_t = 3600, value_name = "SECS")]
+    pub download_url_ttl: u64,
+
+    /// How often expired reports are deleted from the bucket
+    #[arg(long, env = "SHOAL_S3_SWEEP_INTERVAL", default_value_t = 60, value_name = "SECS")]
+    pub s3_sweep_interval: u64,
+
     /// How often an idle SSE stream sends a keep-alive comment
     #[arg(long, env = "SHOAL_SSE_KEEP_ALIVE_MS", default_value_t = 15_000, value_name = "MS")]
     pub sse_keep_alive_ms: u64,
@@ -254,6 +296,24 @@ pub struct Config {
     pub snapshot_logs: u64,
     pub request_timeout: Duration,
     pub maintenance_interval: Duration,
+    /// Compatibility mode: state in this Redis instead of Raft.
+    pub redis: Option<RedisConfig>,
+    /// Reports in S3 instead of the state store.
+    pub s3: Option<S3Config>,
+}
+
+/// Where the Redis of the compatibility mode is.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+/// Where reports go in S3, and how often expired ones are deleted.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub settings: shoal_storage::S3Settings,
+    pub sweep_interval: Duration,
 }
 
 /// A flag with a value that cannot work, and what would.
@@ -390,6 +450,58 @@ impl ServeArgs {
                 "use at least 16 characters (e.g. `openssl rand -hex 32`)",
             ));
         }
+        let redis = match self.redis_url.filter(|url| !url.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                    return Err(invalid(
+                        "redis-url",
+                        "use redis://[user:password@]host:port[/db] (or rediss:// for TLS)",
+                    ));
+                }
+                if !peers.is_empty() {
+                    return Err(invalid(
+                        "redis-url",
+                        "Redis mode nodes share their state through Redis and form no cluster: \
+                         drop --peers (or REDIS_URL, to run a Raft cluster instead)",
+                    ));
+                }
+                let prefix = self.redis_prefix.trim().trim_end_matches(':').to_string();
+                if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+                    return Err(invalid("redis-prefix", "use a word such as `bidiq`"));
+                }
+                Some(RedisConfig { url, prefix })
+            }
+        };
+        let s3 = match self.s3_bucket.filter(|bucket| !bucket.trim().is_empty()) {
+            None => None,
+            Some(bucket) => {
+                if self.download_url_ttl == 0 || self.download_url_ttl > 7 * 24 * 3600 {
+                    return Err(invalid(
+                        "download-url-ttl",
+                        "use 1 to 604800 s (S3 pre-signed URLs last at most 7 days)",
+                    ));
+                }
+                if self.s3_sweep_interval == 0 {
+                    return Err(invalid("s3-sweep-interval", "must be positive"));
+                }
+                let prefix = self.s3_prefix.trim_matches('/');
+                let settings = shoal_storage::S3Settings {
+                    bucket,
+                    endpoint: self.s3_endpoint.filter(|endpoint| !endpoint.is_empty()),
+                    region: self.s3_region.filter(|region| !region.is_empty()),
+                    allow_http: self.s3_allow_http,
+                    virtual_hosted_style: self.s3_virtual_hosted_style,
+                    prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+                    url_ttl: Duration::from_secs(self.download_url_ttl),
+                    timeout: Duration::from_millis(self.request_timeout_ms),
+                };
+                Some(S3Config {
+                    settings,
+                    sweep_interval: Duration::from_secs(self.s3_sweep_interval),
+                })
+            }
+        };
         Ok(Config {
             listen,
             cluster_secret,
@@ -424,6 +536,8 @@ impl ServeArgs {
             snapshot_logs: self.snapshot_logs,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
+            redis,
+            s3,
         })
     }
 }
@@ -467,6 +581,37 @@ mod tests {
     }
 
     #[test]
+    fn compatibility_mode_flags() {
+        let config = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(
+            (redis.url.as_str(), redis.prefix.as_str()),
+            ("redis://127.0.0.1:6379", "bidiq")
+        );
+        assert_eq!(parse(&["--redis-url", "localhost:6379"]).unwrap_err().flag, "redis-url");
+        let with_peers = parse(&[
+            "--redis-url",
+            "redis://r:6379",
+            "--peers",
+            "a:8000",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ]);
+        assert_eq!(with_peers.unwrap_err().flag, "redis-url");
+
+        let config =
+            parse(&["--s3-bucket", "excel-reports", "--s3-prefix", "/out/", "--s3-allow-http"])
+                .unwrap();
+        let s3 = config.s3.unwrap().settings;
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("excel-reports", "out/"));
+        assert_eq!(s3.url_ttl, Duration::from_secs(3600));
+        assert!(s3.allow_http && !s3.virtual_hosted_style);
+        let error = parse(&["--s3-bucket", "b", "--download-url-ttl", "0"]).unwrap_err();
+        assert_eq!(error.flag, "download-url-ttl");
+        assert!(parse(&[]).unwrap().s3.is_none());
+    }
+
+    #[test]
     fn help_names_every_env_var() {
         let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
         for var in [
@@ -476,6 +621,10 @@ mod tests {
             "SHOAL_NODE_ID",
             "INSTANCE_ID",
             "SHOAL_SESSION_TTL",
+            "REDIS_URL",
+            "SHOAL_S3_BUCKET",
+            "AWS_ENDPOINT_URL",
+            "SHOAL_DOWNLOAD_URL_TTL",
         ] {
             assert!(help.contains(&format!("env: {var}")), "--help lacks {var}:\n{help}");
         }

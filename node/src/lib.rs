@@ -13,6 +13,7 @@ mod metrics;
 mod node;
 pub mod reports;
 pub mod sse;
+pub mod state;
 mod time;
 
 pub use config::{Cli, CliCommand, Config, ConfigError, LogFormat, ServeArgs};

@@ -12,7 +12,7 @@ use shoal_raft::{
     spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, ClusterSecret, InternalClient,
     Node as RaftNode, Toucher,
 };
-use shoal_storage::{Engine, SledEngine};
+use shoal_storage::{BlobStore, Engine, Redis, RedisBlobStore, S3BlobStore, SledEngine};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,8 +24,10 @@ use crate::data_dir;
 use crate::gossip::membership::{raft_state, MembershipSettings};
 use crate::gossip::{self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT};
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
-use crate::reports::{DownloadSigner, Reports};
+use crate::reports::{DownloadSigner, Reports, S3Reports};
+use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
+use crate::state::{RedisState, Store};
 
 /// How long a new single-node cluster may take to elect itself at start.
 const FIRST_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,26 +127,63 @@ impl Node {
             config.maintenance_interval,
             stopped,
         );
+        let (store, feed, messages) = match &config.redis {
+            None => {
+                (Store::Cluster { cluster: cluster.clone(), toucher: toucher.clone() }, None, None)
+            }
+            Some(redis_config) => {
+                let (redis, messages) =
+                    Redis::connect(&redis_config.url).await.with_context(|| {
+                        "cannot connect to Redis (check REDIS_URL, and that redis-server runs)"
+                    })?;
+                redis.ping().await.context("Redis does not answer PING")?;
+                tracing::info!(addr = %redis.addr(), "redis connected: {}", redis.addr());
+                let state = RedisState { redis, prefix: redis_config.prefix.clone(), node_id };
+                let feed = RedisFeed::start(state.clone());
+                (Store::Redis(state), Some(feed), Some(messages))
+            }
+        };
+        let mode = store.mode();
         tracing::info!(
             instance_id = %instance_id,
             node_id,
-            mode = "cluster",
+            mode,
             data_dir = %config.data_dir.display(),
             addr = %local_addr,
             advertise_addr = %advertise_addr,
             version = env!("CARGO_PKG_VERSION"),
-            "shoal node started"
+            "shoal node started [mode: {mode}]"
         );
-        // Every node of a cluster derives the same key, so links work on any node.
-        let signing_key = match &config.cluster_secret {
-            Some(_) => secret.derive("download links"),
-            None => data_dir::signing_key(&config.data_dir)?,
+        // Every node of a cluster (or of one Redis) has the same key, so links work on any node.
+        let signing_key = match (&config.cluster_secret, store.redis()) {
+            (Some(_), _) => secret.derive("download links"),
+            (None, Some(redis)) => shared_signing_key(redis).await?,
+            (None, None) => data_dir::signing_key(&config.data_dir)?,
         };
         let signer = DownloadSigner::new(signing_key);
-        let blob_store = Arc::new(ClusterBlobStore::new(cluster.clone()));
-        let reports =
-            Arc::new(Reports::new(blob_store, signer, config.report_ttl, instance_id.clone()));
-        let hub = Arc::new(Hub::default());
+        let blob_store: Arc<dyn BlobStore> = match store.redis() {
+            Some(redis) => Arc::new(RedisBlobStore::new(redis.redis.clone(), &redis.prefix)),
+            None => Arc::new(ClusterBlobStore::new(cluster.clone())),
+        };
+        let mut reports = Reports::new(blob_store, signer, config.report_ttl, instance_id.clone());
+        let mut background = Vec::new();
+        if let Some(s3) = &config.s3 {
+            let settings = &s3.settings;
+            let s3_store = S3BlobStore::new(settings.clone()).context("invalid S3 settings")?;
+            tracing::info!(bucket = %settings.bucket, endpoint = ?settings.endpoint, "reports go to S3 bucket {}", settings.bucket);
+            background.push(tokio::spawn(sweep_s3(
+                s3_store.clone(),
+                config.report_ttl,
+                s3.sweep_interval,
+                stop_maintenance.subscribe(),
+            )));
+            reports = reports.with_s3(S3Reports { store: s3_store, url_ttl: settings.url_ttl });
+        }
+        let reports = Arc::new(reports);
+        let hub = Arc::new(match &feed {
+            Some(feed) => Hub::with_sink(feed.sink()),
+            None => Hub::default(),
+        });
         let pool = WorkerPool::new(config.workers, config.queue_capacity);
         let file = match &config.source_file {
             Some(path) => {
@@ -162,8 +201,17 @@ impl Node {
         );
         let sources = Sources { sample_page_delay: config.sample_page_delay, file, pncp };
         let settings = SearchSettings { progress_ttl: config.progress_ttl, sources };
-        let searches =
-            Arc::new(Searches::new(cluster.clone(), hub.clone(), pool, reports.clone(), settings));
+        let searches = Arc::new(Searches::new(
+            store.clone(),
+            node_id,
+            hub.clone(),
+            pool,
+            reports.clone(),
+            settings,
+        ));
+        if let (Some(feed), Some(messages)) = (&feed, messages) {
+            feed.serve(hub.clone(), searches.clone(), messages).await?;
+        }
         let gossip_port = config.gossip_port.unwrap_or(local_addr.port());
         let gossip = Arc::new(
             Gossip::start(
@@ -216,7 +264,8 @@ impl Node {
         ));
         let state = AppState(Arc::new(NodeContext {
             cluster,
-            toucher,
+            store,
+            feed,
             config,
             instance_id,
             metrics: crate::metrics::recorder(),
@@ -226,7 +275,7 @@ impl Node {
             secret,
             gossip: gossip.clone(),
         }));
-        let background = vec![maintenance, membership, takeover];
+        background.extend([maintenance, membership, takeover]);
         let services = Services { state, engine, background, gossip, stop_maintenance };
         Ok(Self { listener, services })
     }
@@ -271,6 +320,45 @@ impl Services {
         tokio::task::spawn_blocking(move || engine.flush()).await??;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Returns the download-link key shared by every node of one Redis: made once by the
+/// first node, kept in Redis.
+async fn shared_signing_key(redis: &RedisState) -> anyhow::Result<[u8; 32]> {
+    let key = format!("{}:signing-key", redis.prefix);
+    let fresh = shoal_raft::auth::hex(&rand::random::<[u8; 32]>());
+    let stored = redis
+        .redis
+        .get_or_set(&key, fresh.as_bytes())
+        .await
+        .context("cannot read the download-link key from Redis")?;
+    let text = String::from_utf8(stored).context("the download-link key in Redis is not text")?;
+    shoal_raft::auth::unhex(&text).and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).with_context(
+        || format!("{key} in Redis is not 64 hex digits; delete it and restart the nodes"),
+    )
+}
+
+/// Deletes expired reports from the bucket every `interval` (object stores such as
+/// Supabase Storage have no lifecycle rules).
+async fn sweep_s3(
+    store: S3BlobStore,
+    ttl: Duration,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|stopped| *stopped) => return,
+        }
+        match store.delete_expired(ttl).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, bucket = store.bucket(), "deleted expired reports from S3")
+            }
+            Err(error) => tracing::warn!(%error, "deleting expired reports from S3 failed"),
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub enum ClusterError {
     /// Raft stopped or failed in a way that needs an operator.
     #[error("raft failed: {0}")]
     Raft(String),
+    /// The external state store (Redis, in compatibility mode) cannot answer right now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The result type of this crate.

@@ -10,6 +10,7 @@ mod maintenance;
 mod merge_patch;
 pub mod network;
 mod progress;
+pub mod rules;
 mod state_machine;
 mod types;
 
@@ -19,7 +20,9 @@ pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus, Membershi
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};
 pub use network::{CallError, InternalClient};
-pub use progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
+pub use progress::{
+    transition, PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate,
+};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{
     Command, Entry, Node, NodeId, Raft, Rejection, Request, Response, SessionChange, SessionRecord,

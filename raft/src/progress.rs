@@ -137,52 +137,43 @@ pub(crate) fn delete(batch: &mut WriteBatch, id: &str, record: &ProgressRecord) 
     batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_PROGRESS, id));
 }
 
-/// Returns record `id` if it is live, at `attempt` and unfinished; else why not.
+/// Returns `existing` if it is live at `now_ms`, at `attempt` and unfinished; else why not.
 fn unfinished(
-    state: &dyn Tree,
-    id: &str,
+    existing: Option<ProgressRecord>,
     attempt: u32,
     now_ms: u64,
-) -> shoal_storage::Result<Result<ProgressRecord, Rejection>> {
-    let Some(record) = read(state, id)?.filter(|record| record.expires_at_ms > now_ms) else {
-        return Ok(Err(Rejection::ProgressNotFound));
-    };
-    Ok(if attempt != record.attempt {
+) -> Result<ProgressRecord, Rejection> {
+    let record = existing
+        .filter(|record| record.expires_at_ms > now_ms)
+        .ok_or(Rejection::ProgressNotFound)?;
+    if attempt != record.attempt {
         Err(Rejection::StaleAttempt { current: record.attempt })
     } else if record.status.is_terminal() {
         Err(Rejection::ProgressFinished)
     } else {
         Ok(record)
-    })
+    }
 }
 
-/// Applies `command` at the leader's `now_ms`, adding its writes to `batch`.
-pub(crate) fn apply(
-    state: &dyn Tree,
+/// The record after `command` at the leader's `now_ms`, as a pure function of the one
+/// before: the state machine and the Redis adapter both apply progress changes with it.
+pub fn transition(
+    existing: Option<ProgressRecord>,
     now_ms: u64,
     command: ProgressCommand,
-    batch: &mut WriteBatch,
-) -> shoal_storage::Result<Response> {
+) -> Result<(String, ProgressRecord), Rejection> {
     match command {
         ProgressCommand::Create { id, mut record } => {
-            if let Some(existing) = read(state, &id)? {
-                if existing.expires_at_ms > now_ms {
-                    return Ok(Response::Rejected(Rejection::AlreadyExists));
-                }
-                delete(batch, &id, &existing);
+            if existing.is_some_and(|existing| existing.expires_at_ms > now_ms) {
+                return Err(Rejection::AlreadyExists);
             }
             record.created_at_ms = now_ms;
             record.updated_at_ms = now_ms;
             record.expires_at_ms = deadline(&record, now_ms);
-            put(batch, &id, &record);
-            Ok(Response::Progress { id, record })
+            Ok((id, record))
         }
         ProgressCommand::Takeover { id, attempt, owner } => {
-            let mut record = match unfinished(state, &id, attempt, now_ms)? {
-                Ok(record) => record,
-                Err(rejection) => return Ok(Response::Rejected(rejection)),
-            };
-            let old_deadline = record.expires_at_ms;
+            let mut record = unfinished(existing, attempt, now_ms)?;
             record.attempt += 1;
             record.owner = owner;
             // A search runs again from its queue; a tracker carries on taking events.
@@ -200,28 +191,22 @@ pub(crate) fn apply(
             record.last_seq = 0;
             record.updated_at_ms = now_ms;
             record.expires_at_ms = deadline(&record, now_ms);
-            batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_PROGRESS, &id));
-            put(batch, &id, &record);
-            Ok(Response::Progress { id, record })
+            Ok((id, record))
         }
         ProgressCommand::Update { id, attempt, seq, update } => {
-            let mut record = match unfinished(state, &id, attempt, now_ms)? {
-                Ok(record) => record,
-                Err(rejection) => return Ok(Response::Rejected(rejection)),
-            };
-            let old_deadline = record.expires_at_ms;
+            let mut record = unfinished(existing, attempt, now_ms)?;
             match update {
                 ProgressUpdate::Started => record.status = ProgressStatus::Running,
                 ProgressUpdate::PartCompleted { part, pages, records } => {
                     record.status = ProgressStatus::Running;
-                    match record.parts.iter_mut().find(|state| state.name == part) {
-                        Some(state) => {
-                            state.status = ProgressStatus::Completed;
-                            state.pages = pages;
-                            state.records = records;
-                        }
-                        None => return Ok(Response::Rejected(Rejection::UnknownPart)),
-                    }
+                    let state = record
+                        .parts
+                        .iter_mut()
+                        .find(|state| state.name == part)
+                        .ok_or(Rejection::UnknownPart)?;
+                    state.status = ProgressStatus::Completed;
+                    state.pages = pages;
+                    state.records = records;
                 }
                 ProgressUpdate::Finished { status, result, error } => {
                     record.status = status;
@@ -237,10 +222,34 @@ pub(crate) fn apply(
             record.last_seq = record.last_seq.max(seq);
             record.updated_at_ms = now_ms;
             record.expires_at_ms = deadline(&record, now_ms);
-            // Only now that the update is known to apply does the old index entry go.
-            batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_PROGRESS, &id));
+            Ok((id, record))
+        }
+    }
+}
+
+/// Applies `command` at the leader's `now_ms`, adding its writes to `batch`.
+pub(crate) fn apply(
+    state: &dyn Tree,
+    now_ms: u64,
+    command: ProgressCommand,
+    batch: &mut WriteBatch,
+) -> shoal_storage::Result<Response> {
+    let id = match &command {
+        ProgressCommand::Create { id, .. }
+        | ProgressCommand::Takeover { id, .. }
+        | ProgressCommand::Update { id, .. } => id.clone(),
+    };
+    let existing = read(state, &id)?;
+    let old_deadline = existing.as_ref().map(|record| record.expires_at_ms);
+    match transition(existing, now_ms, command) {
+        Ok((id, record)) => {
+            // Only now that the change is known to apply does the old index entry go.
+            if let Some(old_deadline) = old_deadline {
+                batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_PROGRESS, &id));
+            }
             put(batch, &id, &record);
             Ok(Response::Progress { id, record })
         }
+        Err(rejection) => Ok(Response::Rejected(rejection)),
     }
 }

@@ -16,16 +16,13 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
 use tokio::sync::watch;
 
 use crate::blob::{self, BlobMeta};
 use crate::progress::{self, ProgressRecord};
-use crate::types::{
-    Command, Entry, Node, NodeId, Request, Response, SessionChange, SessionRecord, TypeConfig,
-};
-use crate::{keys, merge_patch, Rejection};
+use crate::types::{Command, Entry, Node, NodeId, Request, Response, SessionRecord, TypeConfig};
+use crate::{keys, rules};
 
 const STATE_TREE: &str = "state";
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -312,69 +309,43 @@ impl StateMachineStore {
         Ok(match request.command {
             Command::CreateSession { id, data, ttl_ms } => {
                 let existing = read_session(state, &id)?;
-                if let Some(existing) = &existing {
-                    if !existing.is_expired(now_ms) {
-                        return Ok(Response::Rejected(Rejection::AlreadyExists));
-                    }
-                    change.batch.delete(keys::expiry(
+                let record = match rules::create_session(existing.as_ref(), now_ms, data, ttl_ms) {
+                    Ok(record) => record,
+                    Err(rejection) => return Ok(Response::Rejected(rejection)),
+                };
+                match &existing {
+                    Some(existing) => change.batch.delete(keys::expiry(
                         existing.expires_at_ms,
                         keys::EXPIRY_KIND_SESSION,
                         &id,
-                    ));
-                } else {
-                    change.session_delta += 1;
+                    )),
+                    None => change.session_delta += 1,
                 }
-                let record = SessionRecord {
-                    data,
-                    version: 1,
-                    ttl_ms,
-                    created_at_ms: now_ms,
-                    expires_at_ms: now_ms.saturating_add(ttl_ms),
-                };
                 change.put_session(&id, &record);
                 Response::Session { id, record }
             }
             Command::UpdateSession { id, change: session_change, if_version, max_data_bytes } => {
-                let mut record = match live_session(state, &id, now_ms, if_version)? {
+                let existing = read_session(state, &id)?;
+                let old_deadline = existing.as_ref().map(|record| record.expires_at_ms);
+                let record = match rules::update_session(
+                    existing,
+                    now_ms,
+                    session_change,
+                    if_version,
+                    max_data_bytes,
+                ) {
                     Ok(record) => record,
                     Err(rejection) => return Ok(Response::Rejected(rejection)),
                 };
-                let data = match session_change {
-                    SessionChange::Replace(data) => data,
-                    SessionChange::MergePatch(patch) => {
-                        let mut data: Value =
-                            serde_json::from_str(&record.data).unwrap_or(Value::Null);
-                        let patch: Value = serde_json::from_str(&patch).unwrap_or(Value::Null);
-                        merge_patch::apply(&mut data, &patch);
-                        if !data.is_object() {
-                            return Ok(Response::Rejected(Rejection::NotAnObject));
-                        }
-                        data.to_string()
-                    }
-                };
-                if data.len() as u64 > max_data_bytes {
-                    return Ok(Response::Rejected(Rejection::TooLarge {
-                        size: data.len() as u64,
-                        limit: max_data_bytes,
-                    }));
+                if let Some(old_deadline) = old_deadline {
+                    change.batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_SESSION, &id));
                 }
-                change.batch.delete(keys::expiry(
-                    record.expires_at_ms,
-                    keys::EXPIRY_KIND_SESSION,
-                    &id,
-                ));
-                // A change that leaves the data as it was keeps the version (so that
-                // `If-Match` holders are not invalidated) but still counts as a use.
-                if data != record.data {
-                    record.data = data;
-                    record.version += 1;
-                }
-                record.expires_at_ms = now_ms.saturating_add(record.ttl_ms);
                 change.put_session(&id, &record);
                 Response::Session { id, record }
             }
             Command::DeleteSession { id, if_version } => {
-                let record = match live_session(state, &id, now_ms, if_version)? {
+                let existing = read_session(state, &id)?;
+                let record = match rules::live_session(existing, now_ms, if_version) {
                     Ok(record) => record,
                     Err(rejection) => return Ok(Response::Rejected(rejection)),
                 };
@@ -450,24 +421,6 @@ impl StateMachineStore {
             }
             Command::Blob(command) => blob::apply(state, now_ms, command, &mut change.batch)?,
         })
-    }
-}
-
-/// Returns the unexpired session `id`, or why a command on it must be refused.
-fn live_session(
-    state: &dyn Tree,
-    id: &str,
-    now_ms: u64,
-    if_version: Option<u64>,
-) -> shoal_storage::Result<Result<SessionRecord, Rejection>> {
-    let Some(record) = read_session(state, id)?.filter(|record| !record.is_expired(now_ms)) else {
-        return Ok(Err(Rejection::NotFound));
-    };
-    match if_version {
-        Some(expected) if expected != record.version => {
-            Ok(Err(Rejection::VersionMismatch { current: record.version }))
-        }
-        _ => Ok(Ok(record)),
     }
 }
 

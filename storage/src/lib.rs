@@ -1,6 +1,6 @@
 //! shoal's storage layer: an [`Engine`] of ordered key-value trees (sled by default),
 //! the versioned record [`codec`], openraft's log store built on the engine, and the
-//! [`BlobStore`] trait for reports.
+//! [`BlobStore`] trait for reports with its Redis and S3 adapters.
 //!
 //! Nothing above this crate touches sled directly, so the engine can be swapped if
 //! measurements demand it.
@@ -10,8 +10,12 @@ pub mod codec;
 mod engine;
 mod error;
 mod log_store;
+mod redis;
+mod s3;
 
 pub use blob::{Blob, BlobError, BlobStore, BoxFuture};
 pub use engine::{Engine, KeyValue, SledEngine, Tree, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use log_store::LogStore;
+pub use redis::{Redis, RedisBlobStore, RedisMessage, RedisResult};
+pub use s3::{S3BlobStore, S3Settings};

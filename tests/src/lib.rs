@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+mod servers;
+pub use servers::{binary_on_path, Backing, Mode, RedisServer, S3Server};
+
 /// Returns the path of the `shoal` binary, building it once per test process unless
 /// `SHOAL_BIN` names one.
 pub fn shoal_binary() -> &'static Path {
@@ -86,6 +89,7 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -97,12 +101,23 @@ impl TestNode {
 
     /// Starts `shoal` on loopback port `port` with its data in `data_dir`.
     pub fn start_on(port: u16, data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(port, data_dir, extra_args, &[])
+    }
+
+    /// Starts `shoal` on `port` with `envs` set as well (the `AWS_*` variables).
+    pub fn start_with(
+        port: u16,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut node = Self {
             child: None,
             port,
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            envs: envs.to_vec(),
             starts: 0,
         };
         node.spawn()?;
@@ -120,6 +135,8 @@ impl TestNode {
             .args(&self.extra_args)
             .env("SHOAL_LOG", "info,shoal_raft=debug,openraft=warn")
             .env_remove("RUST_LOG")
+            .env_remove("REDIS_URL")
+            .envs(self.envs.iter().map(|(name, value)| (name, value)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

@@ -6,17 +6,21 @@ use std::time::Duration;
 use calamine::Reader;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use shoal_tests::{read_sse, SseEvent, TestNode, FAST_RAFT_ARGS};
+use shoal_tests::{in_every_mode, read_sse, Backing, Mode, SseEvent, TestNode};
 
 const READY: Duration = Duration::from_secs(30);
 const STREAM: Duration = Duration::from_secs(60);
 
-async fn start_node(dir: &std::path::Path, page_delay_ms: &str) -> anyhow::Result<TestNode> {
-    let mut args = FAST_RAFT_ARGS.to_vec();
-    args.extend(["--sample-page-delay-ms", page_delay_ms]);
-    let mut node = TestNode::start(&dir.join("n1"), &args)?;
+/// Starts the servers of `mode` and one node in it.
+async fn start_node(
+    mode: Mode,
+    dir: &std::path::Path,
+    extra_args: &[&str],
+) -> anyhow::Result<(TestNode, Backing)> {
+    let backing = Backing::start(mode, dir)?;
+    let mut node = backing.start_node("n1", extra_args)?;
     node.wait_ready(READY).await?;
-    Ok(node)
+    Ok((node, backing))
 }
 
 async fn start_search(node: &TestNode, body: Value) -> anyhow::Result<String> {
@@ -54,10 +58,11 @@ fn assert_contiguous(after: u64, events: &[SseEvent], terminal: &str) {
     assert_eq!(events.last().unwrap().event, terminal);
 }
 
-#[tokio::test]
-async fn a_five_uf_search_followed_over_sse() -> anyhow::Result<()> {
+in_every_mode!(a_five_uf_search_followed_over_sse);
+
+async fn a_five_uf_search_followed_over_sse(mode: Mode) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path(), "20").await?;
+    let (node, backing) = start_node(mode, dir.path(), &["--sample-page-delay-ms", "20"]).await?;
     let body = json!({"ufs": ["SP", "RJ", "MG", "BA", "PR"], "date_from": "2025-01-01", "date_to": "2025-06-30"});
     let id = start_search(&node, body).await?;
     let url = node.url(&format!("/api/searches/{id}/events"));
@@ -80,7 +85,12 @@ async fn a_five_uf_search_followed_over_sse() -> anyhow::Result<()> {
     assert_eq!(state["result"]["total_records"].as_u64(), Some(per_part));
 
     tracing::info!("--- the report downloads and reads back with one row per record");
-    let download_url = node.url(state["result"]["download"]["url"].as_str().unwrap());
+    let download_url =
+        backing.download_url(&node, state["result"]["download"]["url"].as_str().unwrap());
+    if mode.storage() == "s3" {
+        assert!(download_url.contains("X-Amz-Signature="), "a pre-signed URL: {download_url}");
+        assert_eq!(backing.s3.as_ref().unwrap().objects().len(), 1, "the report is in the bucket");
+    }
     let response = reqwest::get(&download_url).await?;
     assert_eq!(response.status(), StatusCode::OK);
     let bytes = response.bytes().await?.to_vec();
@@ -98,10 +108,13 @@ async fn a_five_uf_search_followed_over_sse() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn reconnecting_with_last_event_id_has_no_gap_and_no_duplicate() -> anyhow::Result<()> {
+in_every_mode!(reconnecting_with_last_event_id_has_no_gap_and_no_duplicate);
+
+async fn reconnecting_with_last_event_id_has_no_gap_and_no_duplicate(
+    mode: Mode,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path(), "40").await?;
+    let (node, _backing) = start_node(mode, dir.path(), &["--sample-page-delay-ms", "40"]).await?;
     let body =
         json!({"ufs": ["SP", "RJ", "SC"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
     let id = start_search(&node, body).await?;
@@ -123,10 +136,11 @@ async fn reconnecting_with_last_event_id_has_no_gap_and_no_duplicate() -> anyhow
     Ok(())
 }
 
-#[tokio::test]
-async fn many_subscribers_each_get_every_event() -> anyhow::Result<()> {
+in_every_mode!(many_subscribers_each_get_every_event);
+
+async fn many_subscribers_each_get_every_event(mode: Mode) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path(), "40").await?;
+    let (node, _backing) = start_node(mode, dir.path(), &["--sample-page-delay-ms", "40"]).await?;
     let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
     let id = start_search(&node, body).await?;
     let url = node.url(&format!("/api/searches/{id}/events"));
@@ -143,10 +157,11 @@ async fn many_subscribers_each_get_every_event() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn cancel_ends_the_stream_with_cancelled() -> anyhow::Result<()> {
+in_every_mode!(cancel_ends_the_stream_with_cancelled);
+
+async fn cancel_ends_the_stream_with_cancelled(mode: Mode) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start_node(dir.path(), "300").await?;
+    let (node, _backing) = start_node(mode, dir.path(), &["--sample-page-delay-ms", "300"]).await?;
     let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
     let id = start_search(&node, body).await?;
     let url = node.url(&format!("/api/searches/{id}/events"));
@@ -166,13 +181,12 @@ async fn cancel_ends_the_stream_with_cancelled() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn sse_headers_retry_and_keep_alive_comments() -> anyhow::Result<()> {
+in_every_mode!(sse_headers_retry_and_keep_alive_comments);
+
+async fn sse_headers_retry_and_keep_alive_comments(mode: Mode) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut args = FAST_RAFT_ARGS.to_vec();
-    args.extend(["--sample-page-delay-ms", "1500", "--sse-keep-alive-ms", "200"]);
-    let mut node = TestNode::start(&dir.path().join("n1"), &args)?;
-    node.wait_ready(READY).await?;
+    let args = ["--sample-page-delay-ms", "1500", "--sse-keep-alive-ms", "200"];
+    let (node, _backing) = start_node(mode, dir.path(), &args).await?;
     let id = start_search(
         &node,
         json!({"ufs": ["AC"], "date_from": "2025-01-01", "date_to": "2025-12-31"}),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use reqwest::{header, StatusCode};
 use serde_json::{json, Value};
-use shoal_tests::{shoal_binary, wait_until, TestNode, FAST_RAFT_ARGS};
+use shoal_tests::{
+    in_every_mode, shoal_binary, wait_until, Backing, Mode, TestNode, FAST_RAFT_ARGS,
+};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -15,17 +17,23 @@ async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON body")
 }
 
-#[tokio::test]
-async fn every_session_endpoint_over_http() -> anyhow::Result<()> {
+in_every_mode!(every_session_endpoint_over_http);
+
+async fn every_session_endpoint_over_http(mode: Mode) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = TestNode::start(&dir.path().join("n1"), FAST_RAFT_ARGS)?;
+    let backing = Backing::start(mode, dir.path())?;
+    let mut node = backing.start_node("n1", &[])?;
     node.wait_ready(READY).await?;
     let http = reqwest::Client::new();
 
     let log = node.log();
     let start_line =
         log.lines().find(|line| line.contains("shoal node started")).expect("start line");
-    for field in ["instance_id=", "node_id=", "mode=\"cluster\"", "data_dir=", "addr=127.0.0.1:"] {
+    let mode_field = format!("mode=\"{}\"", mode.state());
+    let mode_tag = format!("[mode: {}]", mode.state());
+    for field in
+        ["instance_id=", "node_id=", &mode_field, &mode_tag, "data_dir=", "addr=127.0.0.1:"]
+    {
         assert!(start_line.contains(field), "start line lacks {field}: {start_line}");
     }
 
@@ -67,8 +75,33 @@ async fn every_session_endpoint_over_http() -> anyhow::Result<()> {
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert_eq!(json_of(gone).await["error"], "session_not_found");
 
+    tracing::info!("--- bad input gets a 4xx and changes nothing");
+    let kept = json_of(
+        http.post(node.url("/api/sessions")).json(&json!({"data": {"n": 1}})).send().await?,
+    )
+    .await;
+    let kept_uri = node.url(&format!("/api/sessions/{}", kept["id"].as_str().unwrap()));
+    let bad = [
+        http.post(node.url("/api/sessions"))
+            .body("{not json")
+            .header("content-type", "application/json"),
+        http.post(node.url("/api/sessions")).json(&json!({"data": [1, 2]})),
+        http.post(node.url("/api/sessions")).json(&json!({"ttl_secs": 0})),
+        http.patch(&kept_uri).body("[1]").header("content-type", "application/json"),
+        http.patch(&kept_uri).header(header::IF_MATCH, "\"7\"").json(&json!({"n": 2})),
+        http.put(&kept_uri).json(&json!({"data": "text"})),
+        http.delete(&kept_uri).header(header::IF_MATCH, "\"9\""),
+    ];
+    for request in bad {
+        let status = request.send().await?.status();
+        assert!(status.is_client_error(), "{status}");
+    }
+    let after = json_of(http.get(&kept_uri).send().await?).await;
+    assert_eq!((after["data"].clone(), after["version"].clone()), (json!({"n": 1}), json!(1)));
+
     let health = json_of(http.get(node.url("/api/health")).send().await?).await;
-    assert_eq!(health["mode"], "cluster");
+    assert_eq!(health["mode"], mode.state());
+    assert_eq!(health["storage"], mode.storage());
     assert_eq!(health["cluster"]["leader_id"], health["node_id"]);
     let metrics = http.get(node.url("/metrics")).send().await?.text().await?;
     assert!(metrics.contains("shoal_http_requests_total"), "{metrics}");

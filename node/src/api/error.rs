@@ -110,6 +110,10 @@ impl From<ClusterError> for ApiError {
                     timeout.as_millis()
                 ),
             ),
+            ClusterError::Unavailable(reason) => {
+                tracing::warn!(%reason, "the state store could not answer");
+                Self::unavailable("unavailable", format!("{reason}; retry shortly"))
+            }
             ClusterError::Storage(_) | ClusterError::Raft(_) => Self::internal(error),
         }
     }

@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -36,8 +36,8 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
         "instance_id": app.instance_id,
         "node_id": status.node_id,
         "version": env!("CARGO_PKG_VERSION"),
-        "mode": "cluster",
-        "storage": "cluster",
+        "mode": app.store.mode(),
+        "storage": app.reports.storage_kind(),
         "cluster": {
             "role": status.role,
             "leader_id": status.leader_id,
@@ -58,11 +58,10 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
 /// 200 when this node can serve linearizable reads and writes now (a leader confirmed
 /// by a quorum round), else 503: what a load balancer's health check needs.
 async fn ready(State(app): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    if app.cluster.status().leader_id.is_none() {
-        return Err(ApiError::unavailable("no_leader", "the cluster has no leader right now"));
-    }
-    app.cluster.read_barrier().await?;
-    Ok(Json(json!({ "status": "ready", "node_id": app.cluster.node_id() })))
+    app.store.ready().await?;
+    Ok(Json(
+        json!({ "status": "ready", "node_id": app.cluster.node_id(), "mode": app.store.mode() }),
+    ))
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {

@@ -20,12 +20,14 @@ use axum::Router;
 pub use error::{ApiError, ApiResult};
 use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
-use shoal_raft::{Cluster, ClusterSecret, Toucher};
+use shoal_raft::{Cluster, ClusterSecret};
 
 use crate::gossip::Gossip;
 use crate::jobs::Searches;
 use crate::reports::Reports;
+use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
+use crate::state::Store;
 
 use crate::config::Config;
 
@@ -35,8 +37,13 @@ const BODY_OVERHEAD_BYTES: usize = 16 * 1024;
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct NodeContext {
+    /// Raft membership and the internal endpoints (in Redis mode, a cluster of one that
+    /// holds no state).
     pub cluster: Cluster,
-    pub toucher: Toucher,
+    /// Where sessions and progress records live.
+    pub store: Store,
+    /// Events through Redis pub/sub, in compatibility mode.
+    pub feed: Option<Arc<RedisFeed>>,
     pub config: Config,
     pub instance_id: String,
     pub metrics: PrometheusHandle,

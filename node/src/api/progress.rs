@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::sse::{relay, ProgressEvent, RelayTopic};
+use crate::state::Store;
 use crate::time::rfc3339_millis;
 
 /// How long a resuming client waits for this node's relay to reach its resume point.
@@ -57,12 +58,7 @@ pub fn view(id: &str, record: &ProgressRecord) -> Value {
 
 /// Reads record `id` linearizably.
 pub async fn read(app: &AppState, id: &str) -> ApiResult<ProgressRecord> {
-    app.cluster.read_barrier().await?;
-    app.cluster
-        .reader()
-        .progress(id, unix_millis())
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::from(Rejection::ProgressNotFound))
+    app.store.progress(id).await?.ok_or(ApiError::from(Rejection::ProgressNotFound))
 }
 
 /// Reads record `id` linearizably, as a record of `kind` (`search` or `tracker`).
@@ -136,12 +132,28 @@ fn finished_events(
 /// `GET …/{id}/events`: a `snapshot` (unless resuming), the events after it, one
 /// terminal event, then the stream ends. `Last-Event-ID: <attempt>:<seq>` resumes.
 pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<Response> {
-    let record = read(&app, &id).await?;
+    let mut record = read(&app, &id).await?;
     let resume = parse_last_event_id(&headers).filter(|(attempt, _)| *attempt == record.attempt);
     let topic = match app.hub.get(&id).filter(|topic| topic.attempt == record.attempt) {
         Some(topic) => Some(topic),
         // Run by another node: relay its events, starting where this client resumes so
         // that the owner replays exactly what the client missed.
+        // Through Redis pub/sub, every node relays (trackers take events on any node).
+        None if !record.status.is_terminal() && app.feed.is_some() => {
+            match app.hub.open_relay(&id, record.attempt, record.last_seq) {
+                RelayTopic::Existing(topic) => Some(topic),
+                RelayTopic::New(topic) => {
+                    let feed = app.feed.as_ref().expect("checked above");
+                    feed.relay(app.store.clone(), app.hub.clone(), id.clone(), topic.clone())
+                        .await?;
+                    // Subscribed now: what changed before is in the record read again, what
+                    // changes after comes as events.
+                    record = read(&app, &id).await?;
+                    topic.advance_to(record.last_seq).await;
+                    Some(topic)
+                }
+            }
+        }
         None if !record.status.is_terminal() && record.owner != app.cluster.node_id() => {
             let start = resume.map(|(_, seq)| seq).filter(|seq| *seq <= record.last_seq);
             match app.hub.open_relay(&id, record.attempt, start.unwrap_or(record.last_seq)) {
@@ -158,7 +170,13 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
     };
     let events: EventStream = match topic {
         Some(topic) => {
-            let reader = app.cluster.reader().clone();
+            // The state under the topic's lock: this replica's copy, or in Redis mode the
+            // record read above (Redis cannot be read under a lock held across awaits).
+            let reader = match &app.store {
+                Store::Cluster { cluster, .. } => Some(cluster.reader().clone()),
+                Store::Redis(_) => None,
+            };
+            let read_now = record.clone();
             // A new client starts from the record read above (after a read barrier),
             // labelled with the last event it reflects, then the events after it: snapshot
             // and events agree even when this replica lags the owner's numbering.
@@ -172,8 +190,12 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
             };
             let _ = tokio::time::timeout(RELAY_CATCH_UP, caught_up).await;
             let snapshot_from_record = resume.is_none().then(|| record.clone());
-            let subscription =
-                topic.subscribe(Some(start), || reader.progress(&id, unix_millis())).await;
+            let subscription = topic
+                .subscribe(Some(start), || match &reader {
+                    Some(reader) => reader.progress(&id, unix_millis()),
+                    None => Ok(Some(read_now)),
+                })
+                .await;
             let record = match subscription.state {
                 Ok(Some(record)) => record,
                 Ok(None) => return Err(Rejection::ProgressNotFound.into()),
@@ -291,12 +313,12 @@ fn poll_until_terminal(app: AppState, id: String) -> impl Stream<Item = Event> +
     stream::once(async move {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            match app.cluster.reader().progress(&id, unix_millis()) {
-                Ok(Some(record)) if record.status.is_terminal() => {
+            match app.store.progress_local(&id).await {
+                Some(record) if record.status.is_terminal() => {
                     return Some(terminal_from_record(&record))
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return None,
+                Some(_) => continue,
+                None => return None,
             }
         }
     })

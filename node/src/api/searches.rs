@@ -130,7 +130,12 @@ async fn cancel_search(State(app): State<AppState>, Path(id): Path<String>) -> A
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
     }
-    if !app.searches.cancel(&id) {
+    if app.searches.cancel(&id) {
+        // Run here: cancelled.
+    } else if let Some(feed) = &app.feed {
+        // Whichever node runs it hears this on the cancel channel.
+        feed.cancel(&id).await?;
+    } else {
         // Run by another node: ask the owner to cancel it.
         let owner = app.cluster.member_addr(record.owner).ok_or_else(|| {
             ApiError::unavailable(

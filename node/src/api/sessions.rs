@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shoal_raft::{unix_millis, Command, Rejection, SessionChange, SessionRecord};
+use shoal_raft::{Command, Rejection, SessionChange, SessionRecord};
 
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
@@ -155,7 +155,7 @@ async fn create_session(
         }
     };
     let command = Command::CreateSession { id: new_session_id(), data, ttl_ms: ttl_secs * 1000 };
-    let (id, record) = written_session(app.cluster.write(command).await?)?;
+    let (id, record) = written_session(app.store.write(command).await?)?;
     let mut response = session_response(StatusCode::CREATED, &id, &record)?;
     let headers = response.headers_mut();
     headers.insert(header::SET_COOKIE, session_cookie(&id, ttl_secs));
@@ -166,15 +166,7 @@ async fn create_session(
 
 /// Reads session `id` linearizably and queues a touch to slide its expiry.
 async fn read_session(app: &AppState, id: &str) -> ApiResult<SessionRecord> {
-    app.cluster.read_barrier().await?;
-    let record = app
-        .cluster
-        .reader()
-        .session(id, unix_millis())
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::from(Rejection::NotFound))?;
-    app.toucher.touch(id);
-    Ok(record)
+    app.store.session(id).await?.ok_or(ApiError::from(Rejection::NotFound))
 }
 
 async fn get_session(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -211,7 +203,7 @@ async fn update_session(
         if_version: if_match(headers)?,
         max_data_bytes: app.config.max_session_bytes,
     };
-    let (id, record) = written_session(app.cluster.write(command).await?)?;
+    let (id, record) = written_session(app.store.write(command).await?)?;
     session_response(StatusCode::OK, &id, &record)
 }
 
@@ -248,7 +240,7 @@ async fn delete_session(
 ) -> ApiResult<Response> {
     let id = checked_id(&id)?;
     let command = Command::DeleteSession { id: id.to_string(), if_version: if_match(&headers)? };
-    app.cluster.write(command).await?;
+    app.store.write(command).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if cookie_session_id(&headers) == Some(id) {
         response.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0));

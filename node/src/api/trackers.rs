@@ -17,6 +17,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::progress::{self, view};
 use super::AppState;
+use crate::sse::ProgressEvent;
 
 const MAX_LABEL_CHARS: usize = 200;
 const MAX_TOTAL: u32 = 1_000_000;
@@ -74,9 +75,13 @@ async fn create_tracker(
         ttl_ms: app.config.progress_ttl.as_millis() as u64,
         expires_at_ms: 0,
     };
-    let record = crate::jobs::create(&app.cluster, &id, record).await?;
-    app.hub.open(&id, record.attempt, record.last_seq);
-    tracing::info!(tracker_id = %id, total = body.total, "created progress tracker: {id} ({} parts) [mode: cluster]", body.total);
+    let record = crate::jobs::create(&app.store, &id, record).await?;
+    // In Redis mode events are numbered in the record, whichever node takes them.
+    if app.feed.is_none() {
+        app.hub.open(&id, record.attempt, record.last_seq);
+    }
+    let mode = app.store.mode();
+    tracing::info!(tracker_id = %id, total = body.total, mode, "created progress tracker: {id} ({} parts) [mode: {mode}]", body.total);
     let mut view = view(&id, &record);
     view["events_url"] = json!(format!("/api/trackers/{id}/events"));
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -98,6 +103,9 @@ async fn post_event(
     let record = progress::read_kind(&app, &id, "tracker").await?;
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
+    }
+    if app.feed.is_some() {
+        return apply_event_through_redis(&app, &id, &record, event).await;
     }
     if record.owner != app.cluster.node_id() {
         // The tracker's events are numbered on the node that created it: hand it over.
@@ -128,22 +136,19 @@ async fn post_event(
     apply_event(&app, &id, &record, event).await
 }
 
-/// Publishes `event` of tracker `id`, which this node owns.
-pub async fn apply_event(
-    app: &AppState,
-    id: &str,
-    record: &ProgressRecord,
-    event: TrackerEvent,
-) -> ApiResult<Response> {
-    let id = id.to_string();
-    let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
+/// What a tracker event changes: its status (`None` for progress), and for a terminal
+/// one the record's result and error.
+struct Effect {
+    kind: &'static str,
+    status: Option<ProgressStatus>,
+    result: Option<String>,
+    error: Option<String>,
+}
+
+fn effect(event: &TrackerEvent) -> ApiResult<Effect> {
     let (status, kind) = match event.kind.as_str() {
         "progress" => {
-            let seq =
-                topic.publish("progress", event.data).await.ok_or(Rejection::ProgressFinished)?;
-            return Ok(
-                (StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response()
-            );
+            return Ok(Effect { kind: "progress", status: None, result: None, error: None })
         }
         "completed" => (ProgressStatus::Completed, "completed"),
         "failed" => (ProgressStatus::Failed, "failed"),
@@ -153,7 +158,7 @@ pub async fn apply_event(
             )))
         }
     };
-    let data = event.data;
+    let data = &event.data;
     let (result, error) = match status {
         ProgressStatus::Completed => (Some(data.to_string()), None),
         _ => (
@@ -165,14 +170,67 @@ pub async fn apply_event(
             ),
         ),
     };
-    let cluster = app.cluster.clone();
+    Ok(Effect { kind, status: Some(status), result, error })
+}
+
+/// Records `event` of tracker `id` in Redis, numbered there, and publishes it.
+async fn apply_event_through_redis(
+    app: &AppState,
+    id: &str,
+    record: &ProgressRecord,
+    event: TrackerEvent,
+) -> ApiResult<Response> {
+    let (Some(feed), Some(redis)) = (&app.feed, app.store.redis()) else {
+        return Err(ApiError::internal("not in redis mode"));
+    };
+    let effect = effect(&event)?;
+    let update = match effect.status {
+        // Progress changes nothing but the event count (and the TTL, as in the classic setup).
+        None => ProgressUpdate::Started,
+        Some(status) => {
+            ProgressUpdate::Finished { status, result: effect.result, error: effect.error.clone() }
+        }
+    };
+    let (seq, _) = redis.next_tracker_event(id, record.attempt, update).await?;
+    let data = match effect.status {
+        None => event.data,
+        Some(status) => {
+            json!({ "status": status.as_str(), "result": event.data, "error": effect.error })
+        }
+    };
+    let published = ProgressEvent { attempt: record.attempt, seq, kind: effect.kind, data };
+    feed.publish(id, published);
+    let body = match effect.status {
+        None => json!({ "id": id, "seq": seq }),
+        Some(status) => json!({ "id": id, "seq": seq, "status": status.as_str() }),
+    };
+    let code = if effect.status.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((code, Json(body)).into_response())
+}
+
+/// Publishes `event` of tracker `id`, which this node owns.
+pub async fn apply_event(
+    app: &AppState,
+    id: &str,
+    record: &ProgressRecord,
+    event: TrackerEvent,
+) -> ApiResult<Response> {
+    let id = id.to_string();
+    let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
+    let Effect { kind, status, result, error } = effect(&event)?;
+    let Some(status) = status else {
+        let seq = topic.publish("progress", event.data).await.ok_or(Rejection::ProgressFinished)?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response());
+    };
+    let data = event.data;
+    let store = app.store.clone();
     let attempt = record.attempt;
     let event_id = id.clone();
     let seq = topic
         .publish_durable(kind, |seq| async move {
             let update = ProgressUpdate::Finished { status, result, error: error.clone() };
             let command = ProgressCommand::Update { id: event_id, attempt, seq, update };
-            cluster.write(Command::Progress(command)).await?;
+            store.write(Command::Progress(command)).await?;
             Ok::<_, ClusterError>(
                 json!({ "status": status.as_str(), "result": data, "error": error }),
             )

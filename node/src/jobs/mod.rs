@@ -20,13 +20,14 @@ pub use pncp::{PncpClient, PncpPage};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
 use shoal_raft::{
-    Cluster, ClusterError, Command, NodeId, PartState, ProgressCommand, ProgressRecord,
-    ProgressStatus, ProgressUpdate, Rejection, Response,
+    ClusterError, Command, NodeId, PartState, ProgressCommand, ProgressRecord, ProgressStatus,
+    ProgressUpdate, Rejection, Response,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::reports::Reports;
 use crate::sse::{Hub, Topic};
+use crate::state::Store;
 
 /// How long a finished search's events stay in memory for reconnecting clients.
 const TOPIC_LINGER: Duration = Duration::from_secs(120);
@@ -71,7 +72,8 @@ impl Sources {
 /// Starts, runs and cancels the searches owned by this node.
 #[derive(Debug)]
 pub struct Searches {
-    cluster: Cluster,
+    store: Store,
+    node_id: NodeId,
     hub: Arc<Hub>,
     pool: WorkerPool,
     reports: Arc<Reports>,
@@ -102,14 +104,16 @@ enum PartOutcome {
 impl Searches {
     /// Returns a runner on `pool` that publishes to `hub`.
     pub fn new(
-        cluster: Cluster,
+        store: Store,
+        node_id: NodeId,
         hub: Arc<Hub>,
         pool: WorkerPool,
         reports: Arc<Reports>,
         settings: SearchSettings,
     ) -> Self {
         Self {
-            cluster,
+            store,
+            node_id,
             hub,
             pool,
             reports,
@@ -130,7 +134,7 @@ impl Searches {
     }
 
     fn node_id(&self) -> NodeId {
-        self.cluster.node_id()
+        self.node_id
     }
 
     /// Records a new search through Raft and queues one job per UF; answers once the
@@ -170,7 +174,7 @@ impl Searches {
         // Marked running before it exists, so the takeover loop never runs it twice.
         let (cancel, cancelled) = watch::channel(false);
         self.cancels.lock().expect("cancels lock").insert(id.clone(), cancel);
-        let record = match create(&self.cluster, &id, record).await {
+        let record = match create(&self.store, &id, record).await {
             Ok(record) => record,
             Err(error) => {
                 self.cancels.lock().expect("cancels lock").remove(&id);
@@ -179,11 +183,12 @@ impl Searches {
         };
         self.started.lock().expect("started lock").insert((id.clone(), record.attempt));
         let topic = self.hub.open(&id, record.attempt, record.last_seq);
+        let mode = self.store.mode();
         tracing::info!(
             search_id = %id,
             ufs = params.ufs.len(),
-            mode = "cluster",
-            "created progress tracker: {id} ({} UFs) [mode: cluster]",
+            mode,
+            "created progress tracker: {id} ({} UFs) [mode: {mode}]",
             params.ufs.len()
         );
         tokio::spawn(self.clone().run(id.clone(), params, topic, reservation, cancelled));
@@ -253,14 +258,14 @@ impl Searches {
             seq: 0,
             update: ProgressUpdate::Started,
         });
-        if let Err(error) = self.cluster.write(started).await {
+        if let Err(error) = self.store.write_patiently(started).await {
             tracing::warn!(search_id = %id, %error, "recording the start of a search failed");
         }
         let keywords: Vec<String> = params.keywords.iter().map(|keyword| fold(keyword)).collect();
         let (outcomes, mut finished) = mpsc::unbounded_channel();
         for uf in &params.ufs {
             let job = PartJob {
-                cluster: self.cluster.clone(),
+                store: self.store.clone(),
                 topic: topic.clone(),
                 id: id.clone(),
                 uf: uf.clone(),
@@ -354,7 +359,7 @@ impl Searches {
                         "error": outcome.error,
                     });
                     async move {
-                        self.cluster.write(Command::Progress(command)).await?;
+                        self.store.write_patiently(Command::Progress(command)).await?;
                         Ok::<_, ClusterError>(data)
                     }
                 })
@@ -385,12 +390,12 @@ impl Searches {
 
 /// Writes `record` as new progress record `id`.
 pub async fn create(
-    cluster: &Cluster,
+    store: &Store,
     id: &str,
     record: ProgressRecord,
 ) -> Result<ProgressRecord, ClusterError> {
     let command = ProgressCommand::Create { id: id.to_string(), record };
-    match cluster.write(Command::Progress(command)).await? {
+    match store.write(Command::Progress(command)).await? {
         Response::Progress { record, .. } => Ok(record),
         other => Err(ClusterError::Raft(format!("creating progress answered {other:?}"))),
     }
@@ -398,7 +403,7 @@ pub async fn create(
 
 /// One UF of one search.
 struct PartJob {
-    cluster: Cluster,
+    store: Store,
     topic: Arc<Topic>,
     id: String,
     uf: String,
@@ -495,7 +500,7 @@ impl PartJob {
             Ok(None) => return PartOutcome::Cancelled,
             Err(error) => return PartOutcome::Failed(format!("part {}: {error}", self.uf)),
         };
-        let (cluster, id, uf, attempt) = (&self.cluster, &self.id, &self.uf, self.topic.attempt);
+        let (store, id, uf, attempt) = (&self.store, &self.id, &self.uf, self.topic.attempt);
         let records = found.len() as u64;
         let recorded = self
             .topic
@@ -506,7 +511,7 @@ impl PartJob {
                     records,
                 };
                 let command = ProgressCommand::Update { id: id.clone(), attempt, seq, update };
-                let response = cluster.write(Command::Progress(command)).await?;
+                let response = store.write_patiently(Command::Progress(command)).await?;
                 let (completed_parts, total_parts) = match &response {
                     Response::Progress { record, .. } => {
                         (record.completed_parts(), record.total_parts)

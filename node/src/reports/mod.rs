@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_raft::unix_millis;
-use shoal_storage::{Blob, BlobStore};
+use shoal_storage::{Blob, BlobStore, S3BlobStore};
 pub use signing::{DownloadSigner, LinkError};
 pub use xlsx::{build, ReportInput, CONSTANT_MEMORY_ROWS};
 
@@ -23,10 +23,20 @@ pub const XLSX_CONTENT_TYPE: &str =
 /// Builds, stores and links reports.
 #[derive(Debug)]
 pub struct Reports {
+    /// The state store's own blob store (cluster or Redis): every report when no S3 is
+    /// configured, and the fallback when an S3 upload fails.
     store: Arc<dyn BlobStore>,
+    s3: Option<S3Reports>,
     signer: DownloadSigner,
     ttl: Duration,
     instance_id: String,
+}
+
+/// Reports in S3, linked by pre-signed URLs.
+#[derive(Debug)]
+pub struct S3Reports {
+    pub store: S3BlobStore,
+    pub url_ttl: Duration,
 }
 
 impl Reports {
@@ -37,7 +47,21 @@ impl Reports {
         ttl: Duration,
         instance_id: String,
     ) -> Self {
-        Self { store, signer, ttl, instance_id }
+        Self { store, s3: None, signer, ttl, instance_id }
+    }
+
+    /// Stores reports in S3 first, falling back to the state store's blob store.
+    pub fn with_s3(mut self, s3: S3Reports) -> Self {
+        self.s3 = Some(s3);
+        self
+    }
+
+    /// Returns where reports go: `s3`, or the state store's `cluster` or `redis`.
+    pub fn storage_kind(&self) -> &'static str {
+        match &self.s3 {
+            Some(_) => "s3",
+            None => self.store.kind(),
+        }
     }
 
     /// Returns the store reports are kept in.
@@ -87,6 +111,36 @@ impl Reports {
         );
         let size = bytes.len();
         let blob = Blob { name: name.clone(), content_type: XLSX_CONTENT_TYPE.to_string(), bytes };
+        if let Some(s3) = &self.s3 {
+            match self.store_in_s3(s3, &id, blob.clone()).await {
+                Ok(url) => {
+                    tracing::info!(
+                        search_id,
+                        report_id = %id,
+                        bytes = size,
+                        rows,
+                        storage = "s3",
+                        "Excel uploaded to storage: {name} ({size} bytes, {rows} rows) in s3 bucket {} (TTL={}s)",
+                        s3.store.bucket(),
+                        self.ttl.as_secs()
+                    );
+                    let valid_secs = s3.url_ttl.min(self.ttl).as_secs();
+                    let expires_unix = (generated_at_ms / 1000) + valid_secs;
+                    return Ok(json!({
+                        "id": id,
+                        "url": url,
+                        "expires_at": rfc3339_millis(expires_unix * 1000),
+                    }));
+                }
+                Err(error) => tracing::warn!(
+                    search_id,
+                    report_id = %id,
+                    %error,
+                    "uploading the report to S3 failed; storing it in the {} blob store instead",
+                    self.store.kind()
+                ),
+            }
+        }
         self.store
             .put(&id, blob, self.ttl)
             .await
@@ -107,5 +161,16 @@ impl Reports {
             "url": self.signer.link(&id, expires_unix),
             "expires_at": rfc3339_millis(expires_unix * 1000),
         }))
+    }
+
+    /// Uploads `blob` to S3 and returns its pre-signed download URL.
+    async fn store_in_s3(
+        &self,
+        s3: &S3Reports,
+        id: &str,
+        blob: Blob,
+    ) -> Result<String, shoal_storage::BlobError> {
+        s3.store.put(id, blob, self.ttl).await?;
+        s3.store.signed_url(id).await
     }
 }

@@ -4,6 +4,7 @@
 //! one lock; a subscriber takes its replay and its live receiver under the same lock, so
 //! it sees every event after its resume point exactly once.
 
+pub mod redis_feed;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// Live events a slow subscriber may fall behind by before it re-reads the history.
 const LIVE_BUFFER: usize = 256;
@@ -49,10 +50,18 @@ impl ProgressEvent {
     }
 }
 
+/// Where the events of the topics this node publishes also go (Redis, in compatibility
+/// mode), with the id of their search or tracker, in publishing order.
+pub type EventSink = mpsc::UnboundedSender<(Arc<str>, Arc<ProgressEvent>)>;
+
 /// The events of one attempt of one search or tracker.
 #[derive(Debug)]
 pub struct Topic {
     pub attempt: u32,
+    id: Arc<str>,
+    /// Fed by another node's events (a relay) rather than published here.
+    relayed: bool,
+    sink: Option<EventSink>,
     log: tokio::sync::Mutex<TopicLog>,
     live: broadcast::Sender<Arc<ProgressEvent>>,
     /// Turns true when no more events will come through this topic although none was
@@ -85,11 +94,17 @@ pub struct Subscription<T> {
 }
 
 impl Topic {
-    fn new(attempt: u32, last_seq: u64) -> Self {
+    fn new(id: &str, attempt: u32, last_seq: u64, relayed: bool, sink: Option<EventSink>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let log = TopicLog { base_seq: last_seq, last_seq, history: Vec::new(), finished: false };
         let (closed, _) = tokio::sync::watch::channel(false);
-        Self { attempt, log: tokio::sync::Mutex::new(log), live, closed }
+        let id = Arc::from(id);
+        Self { attempt, id, relayed, sink, log: tokio::sync::Mutex::new(log), live, closed }
+    }
+
+    /// Returns whether this topic relays events published elsewhere.
+    pub fn is_relayed(&self) -> bool {
+        self.relayed
     }
 
     /// Publishes an event that is not recorded in Raft (per-page progress); `None` once
@@ -128,6 +143,10 @@ impl Topic {
         if log.history.len() > MAX_HISTORY {
             log.history.drain(..MAX_HISTORY / 2);
             log.base_seq = log.history[0].seq - 1;
+        }
+        if let Some(sink) = &self.sink {
+            // The sink's task outlives the topics; if it is gone, the node is stopping.
+            let _ = sink.send((self.id.clone(), event.clone()));
         }
         // No receiver is fine: nobody is watching right now.
         let _ = self.live.send(event);
@@ -170,6 +189,34 @@ impl Topic {
         true
     }
 
+    /// Publishes an event relayed through Redis pub/sub, which may lose messages while a
+    /// connection is down: anything after the last event goes, gaps included (the record
+    /// has the durable milestones); returns false for a duplicate or late one.
+    pub async fn push_lenient(&self, seq: u64, kind: &'static str, data: Value) -> bool {
+        let mut log = self.log.lock().await;
+        if log.finished || seq <= log.last_seq {
+            return false;
+        }
+        log.last_seq = seq - 1;
+        self.push(&mut log, kind, data);
+        true
+    }
+
+    /// Moves a topic that has published nothing yet to the point of a record read after
+    /// it opened, so that the events after that point follow on.
+    pub async fn advance_to(&self, seq: u64) {
+        let mut log = self.log.lock().await;
+        if log.history.is_empty() && seq > log.last_seq {
+            log.base_seq = seq;
+            log.last_seq = seq;
+        }
+    }
+
+    /// Returns whether the terminal event has been published.
+    pub async fn is_finished(&self) -> bool {
+        self.log.lock().await.finished
+    }
+
     /// Returns the last event number published.
     pub async fn last_seq(&self) -> u64 {
         self.log.lock().await.last_seq
@@ -201,6 +248,7 @@ impl Topic {
 #[derive(Debug, Default)]
 pub struct Hub {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
+    sink: Option<EventSink>,
 }
 
 /// What `Hub::open_relay` found.
@@ -213,9 +261,14 @@ pub enum RelayTopic {
 }
 
 impl Hub {
+    /// Returns a hub whose own topics' events also go to `sink`.
+    pub fn with_sink(sink: EventSink) -> Self {
+        Self { topics: Mutex::default(), sink: Some(sink) }
+    }
+
     /// Opens the topic of attempt `attempt` of `id`, whose durable record is at `last_seq`.
     pub fn open(&self, id: &str, attempt: u32, last_seq: u64) -> Arc<Topic> {
-        let topic = Arc::new(Topic::new(attempt, last_seq));
+        let topic = Arc::new(Topic::new(id, attempt, last_seq, false, self.sink.clone()));
         self.topics.lock().expect("hub lock").insert(id.to_string(), topic.clone());
         topic
     }
@@ -225,7 +278,9 @@ impl Hub {
         let mut topics = self.topics.lock().expect("hub lock");
         topics
             .entry(id.to_string())
-            .or_insert_with(|| Arc::new(Topic::new(attempt, last_seq)))
+            .or_insert_with(|| {
+                Arc::new(Topic::new(id, attempt, last_seq, false, self.sink.clone()))
+            })
             .clone()
     }
 
@@ -236,7 +291,7 @@ impl Hub {
         match topics.get(id) {
             Some(topic) if topic.attempt == attempt => RelayTopic::Existing(topic.clone()),
             _ => {
-                let topic = Arc::new(Topic::new(attempt, last_seq));
+                let topic = Arc::new(Topic::new(id, attempt, last_seq, true, None));
                 topics.insert(id.to_string(), topic.clone());
                 RelayTopic::New(topic)
             }
@@ -281,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_see_every_event_after_their_resume_point_once() {
-        let topic = Topic::new(1, 0);
+        let topic = Topic::new("s", 1, 0, false, None);
         for page in 1..=3 {
             topic.publish("progress", json!({ "page": page })).await;
         }
@@ -312,7 +367,7 @@ mod tests {
             topic.publish_durable("failed", |_| async { panic!("not called") }).await;
         assert_eq!(after_end, Ok(None));
         // A resume point the topic never had starts over with a snapshot.
-        let opened_later = Topic::new(1, 10);
+        let opened_later = Topic::new("s", 1, 10, false, None);
         assert!(!opened_later.subscribe(Some(3), || ()).await.resumed);
         assert!(opened_later.subscribe(Some(10), || ()).await.resumed);
     }
