@@ -306,6 +306,10 @@ impl RedisState {
             // Redis expires keys by itself and reads slide session TTLs.
             Command::Touch { .. } | Command::Expire => Ok(Response::Count(0)),
             Command::Progress(command) => self.write_progress(now_ms, command).await,
+            Command::Batch(_) => Err(ClusterError::Raft(
+                "batches are the Raft leader's group commit; Redis takes commands one by one"
+                    .to_string(),
+            )),
             Command::Blob(_) => Err(ClusterError::Raft(
                 "reports are stored by the Redis blob store in compatibility mode".to_string(),
             )),

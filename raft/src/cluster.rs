@@ -13,8 +13,8 @@ use crate::network::{
     CallError, InternalClient, Network, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
 };
 use crate::state_machine::{StateMachineStore, StateReader};
-use crate::types::{Command, Node, NodeId, Raft, Request, Response, TypeConfig};
-use crate::{ClusterError, Result};
+use crate::types::{Command, Node, NodeId, Raft, Response, TypeConfig};
+use crate::{batch, ClusterError, Result};
 
 /// How a node takes part in Raft. Timings are settings so tests can run a cluster fast.
 #[derive(Debug, Clone)]
@@ -89,6 +89,8 @@ struct Inner {
     reader: StateReader,
     log_store: LogStore<TypeConfig>,
     read_rounds: Mutex<ReadRounds>,
+    /// The group-commit queue of session and progress writes.
+    batches: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -126,7 +128,10 @@ impl Cluster {
             Raft::new(options.node_id, Arc::new(config), network, log_store.clone(), state_machine)
                 .await
                 .map_err(|error| ClusterError::Raft(error.to_string()))?;
-        let inner = Inner { raft, options, reader, log_store, read_rounds: Mutex::default() };
+        let (batches, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batch::run(raft.clone(), options.request_timeout, queue));
+        let inner =
+            Inner { raft, options, reader, log_store, read_rounds: Mutex::default(), batches };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -196,24 +201,27 @@ impl Cluster {
 
     /// Proposes `command` if this node leads; never forwards. The forward endpoint calls
     /// this, so a request is forwarded at most once.
+    ///
+    /// Session and progress commands go through the group-commit queue (`batch.rs`) and
+    /// share entries with other clients' commands; the rest are proposed alone.
     pub async fn write_local(&self, command: Command) -> Result<Response> {
-        let request = Request { now_ms: unix_millis(), command };
         let timeout = self.inner.options.request_timeout;
-        let outcome = tokio::time::timeout(timeout, self.inner.raft.client_write(request))
-            .await
-            .map_err(|_| ClusterError::Timeout(timeout))?;
-        match outcome {
-            Ok(written) => match written.data {
-                Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
-                response => Ok(response),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(not_leader(forward))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
-                Err(ClusterError::Raft(error.to_string()))
-            }
-            Err(RaftError::Fatal(fatal)) => Err(ClusterError::Raft(fatal.to_string())),
+        let response = if batch::batch_key(&command).is_some() {
+            let (reply, answer) = oneshot::channel();
+            self.inner
+                .batches
+                .send(batch::Pending { command, reply })
+                .map_err(|_| ClusterError::Raft("the batch queue stopped".into()))?;
+            tokio::time::timeout(timeout, answer)
+                .await
+                .map_err(|_| ClusterError::Timeout(timeout))?
+                .map_err(|_| ClusterError::Raft("the batch task stopped".into()))??
+        } else {
+            batch::propose(&self.inner.raft, command, timeout).await?
+        };
+        match response {
+            Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
+            response => Ok(response),
         }
     }
 
@@ -257,12 +265,25 @@ impl Cluster {
     pub async fn change_membership_local(&self, change: MembershipChange) -> Result<()> {
         // openraft 0.9 keeps a leader that lost its quorum waiting on a change forever.
         let timeout = self.inner.options.request_timeout;
-        tokio::time::timeout(timeout, self.apply_membership_change(change))
-            .await
-            .map_err(|_| ClusterError::Timeout(timeout))?
+        let changed = async {
+            loop {
+                match self.apply_membership_change(change.clone()).await {
+                    // The second step of the previous change (a joint configuration) is
+                    // still committing: this one follows it.
+                    Err(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(Some(error)) => return Err(error),
+                    Ok(()) => return Ok(()),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, changed).await.map_err(|_| ClusterError::Timeout(timeout))?
     }
 
-    async fn apply_membership_change(&self, change: MembershipChange) -> Result<()> {
+    /// Applies `change`; `Err(None)` when another change is still in progress.
+    async fn apply_membership_change(
+        &self,
+        change: MembershipChange,
+    ) -> std::result::Result<(), Option<ClusterError>> {
         let raft = &self.inner.raft;
         let outcome = match change {
             MembershipChange::AddLearner { node_id, addr } => {
@@ -284,7 +305,13 @@ impl Cluster {
                 }
             }
         };
-        outcome.map(|_| ()).map_err(membership_error)
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ))) => Err(None),
+            Err(error) => Err(Some(membership_error(error))),
+        }
     }
 
     /// Returns, on the leader, the last log index each member has replicated.
@@ -442,7 +469,7 @@ fn call_error(error: CallError) -> ClusterError {
     ClusterError::Unreachable(error.to_string())
 }
 
-fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
+pub(crate) fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
     match (forward.leader_id, forward.leader_node) {
         (Some(leader_id), Some(node)) => {
             ClusterError::NotLeader { leader_id, leader_addr: node.addr }

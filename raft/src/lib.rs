@@ -2,6 +2,7 @@
 //! HTTP Raft network and [`Cluster`], the handle through which the API writes and reads.
 
 pub mod auth;
+mod batch;
 mod blob;
 mod cluster;
 mod error;

@@ -420,6 +420,14 @@ impl StateMachineStore {
                 progress::apply(state, now_ms, command, &mut change.batch)?
             }
             Command::Blob(command) => blob::apply(state, now_ms, command, &mut change.batch)?,
+            // The leader batches commands on distinct records only, so each may be applied
+            // against the state before the batch, all into this entry's one write.
+            Command::Batch(commands) => Response::Batch(
+                commands
+                    .into_iter()
+                    .map(|command| self.apply_request(Request { now_ms, command }, change))
+                    .collect::<shoal_storage::Result<_>>()?,
+            ),
         })
     }
 }

@@ -67,6 +67,9 @@ pub enum Command {
     Progress(ProgressCommand),
     /// Stores report blobs.
     Blob(BlobCommand),
+    /// Session and progress commands on distinct records, applied together (group
+    /// commit by the leader; see `batch.rs`).
+    Batch(Vec<Command>),
 }
 
 /// How [`Command::UpdateSession`] changes the data.
@@ -115,6 +118,8 @@ pub enum Response {
     Progress { id: String, record: ProgressRecord },
     /// The command was refused and changed nothing.
     Rejected(Rejection),
+    /// The answers to the commands of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// Why the state machine refused a command. Every replica refuses the same way.

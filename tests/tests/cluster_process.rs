@@ -482,7 +482,7 @@ async fn acknowledged_writes_survive_nodes_killed_one_at_a_time() -> anyhow::Res
                 // the last acknowledged value up to the last attempted one is correct.
                 assert!(
                     (*acknowledged..=*attempted).contains(&n),
-                    "{url}: session {id} holds {n}, acknowledged {acknowledged}, attempted {attempted}"
+                    "{url}: session {id} holds {n}, acknowledged {acknowledged}, attempted {attempted}: {session}"
                 );
             }
         }

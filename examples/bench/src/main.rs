@@ -4,6 +4,7 @@
 //! ```sh
 //! shoal-bench sessions-write --nodes http://127.0.0.1:8001,http://127.0.0.1:8002 --clients 64 --duration-secs 10
 //! shoal-bench sse-latency --nodes http://127.0.0.1:8001,http://127.0.0.1:8002 --rate 1000 --duration-secs 10
+//! shoal-bench sessions-write --target etcd --nodes http://127.0.0.1:2379 --clients 64
 //! ```
 
 mod scenarios;
@@ -22,8 +23,23 @@ pub enum Scenario {
     SessionsRead,
     /// 90% reads, 10% writes.
     SessionsMixed,
+    /// Create new sessions with `--ttl-secs`: TTL churn (expired ones are removed).
+    SessionsCreate,
     /// A publisher on the first node, subscribers on the others: event latency.
     SseLatency,
+    /// `--clients` loops each running a search to completion (`?wait=true`).
+    Searches,
+    /// `--connections` idle SSE streams held open for the duration.
+    SseConnections,
+}
+
+/// What the sessions scenarios talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// shoal's sessions API (cluster or Redis mode).
+    Shoal,
+    /// etcd's HTTP JSON gateway (`/v3/kv/put`, `/v3/kv/range`), same key and value sizes.
+    Etcd,
 }
 
 /// Load generator for shoal.
@@ -33,6 +49,9 @@ pub struct Args {
     /// The scenario to run.
     #[arg(value_enum)]
     pub scenario: Scenario,
+    /// What the sessions scenarios talk to.
+    #[arg(long, value_enum, default_value_t = Target::Shoal)]
+    pub target: Target,
     /// Node base URLs, comma-separated; requests go round robin over them.
     #[arg(
         long,
@@ -59,6 +78,18 @@ pub struct Args {
     /// SSE subscribers, spread over the nodes other than the publisher's (sse-latency).
     #[arg(long, default_value_t = 4)]
     pub subscribers: usize,
+    /// TTL of the sessions `sessions-create` makes.
+    #[arg(long, default_value_t = 30)]
+    pub ttl_secs: u64,
+    /// SSE streams to hold open (sse-connections).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// The search each client runs (searches): UFs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "SP,RJ")]
+    pub ufs: Vec<String>,
+    /// Days each search covers (searches), from 2025-01-01.
+    #[arg(long, default_value_t = 31)]
+    pub search_days: u32,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -75,10 +106,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(!args.nodes.is_empty(), "--nodes needs at least one URL");
     let summary = match args.scenario {
-        Scenario::SessionsWrite | Scenario::SessionsRead | Scenario::SessionsMixed => {
-            scenarios::sessions(&args).await?
-        }
+        Scenario::SessionsWrite
+        | Scenario::SessionsRead
+        | Scenario::SessionsMixed
+        | Scenario::SessionsCreate => scenarios::sessions(&args).await?,
         Scenario::SseLatency => scenarios::sse_latency(&args).await?,
+        Scenario::Searches => scenarios::searches(&args).await?,
+        Scenario::SseConnections => scenarios::sse_connections(&args).await?,
     };
     print!("{}", stats::table(std::slice::from_ref(&summary)));
     if let Some(path) = &args.json {

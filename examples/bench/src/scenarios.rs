@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::stats::{Samples, Summary};
-use crate::{Args, Scenario};
+use crate::{Args, Scenario, Target};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -38,24 +38,123 @@ fn progress(label: &'static str, counter: Arc<AtomicU64>) -> tokio::task::JoinHa
     })
 }
 
+/// Standard base64 (etcd's JSON gateway takes keys and values so).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One key-value service under test: shoal's sessions API, or etcd's JSON gateway with
+/// the same keys (`session:<32 hex>`) and values (the session data JSON).
+struct Sessions {
+    http: reqwest::Client,
+    target: Target,
+    data: Value,
+    ttl_secs: Option<u64>,
+}
+
+impl Sessions {
+    fn value_b64(&self) -> String {
+        base64(self.data.to_string().as_bytes())
+    }
+
+    async fn check(response: reqwest::Result<reqwest::Response>) -> anyhow::Result<Value> {
+        let response = response?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "answered {status}");
+        Ok(response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a session (or etcd key) and returns its id.
+    async fn create(&self, node: &str) -> anyhow::Result<String> {
+        match self.target {
+            Target::Shoal => {
+                let mut body = json!({ "data": self.data });
+                if let Some(ttl) = self.ttl_secs {
+                    body["ttl_secs"] = json!(ttl);
+                }
+                let request = self.http.post(format!("{node}/api/sessions")).json(&body).send();
+                let created = Self::check(request.await).await?;
+                Ok(created["id"].as_str().context("create answered no id")?.to_string())
+            }
+            Target::Etcd => {
+                let id = format!("{:032x}", rand_u128());
+                self.write(node, &id).await?;
+                Ok(id)
+            }
+        }
+    }
+
+    async fn write(&self, node: &str, id: &str) -> anyhow::Result<()> {
+        let request = match self.target {
+            Target::Shoal => self
+                .http
+                .put(format!("{node}/api/sessions/{id}"))
+                .json(&json!({ "data": self.data })),
+            Target::Etcd => self.http.post(format!("{node}/v3/kv/put")).json(&json!({
+                "key": base64(format!("session:{id}").as_bytes()),
+                "value": self.value_b64(),
+            })),
+        };
+        Self::check(request.send().await).await.map(drop)
+    }
+
+    async fn read(&self, node: &str, id: &str) -> anyhow::Result<()> {
+        match self.target {
+            Target::Shoal => {
+                Self::check(self.http.get(format!("{node}/api/sessions/{id}")).send().await)
+                    .await
+                    .map(drop)
+            }
+            Target::Etcd => {
+                // Linearizable by default, like shoal's reads.
+                let body = json!({ "key": base64(format!("session:{id}").as_bytes()) });
+                let request = self.http.post(format!("{node}/v3/kv/range")).json(&body);
+                let found = Self::check(request.send().await).await?;
+                anyhow::ensure!(found["count"].as_str() == Some("1"), "key not found");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A random 128-bit number from the clock and a counter (ids only need to be distinct).
+fn rand_u128() -> u128 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (u128::from(unix_micros()) << 64) | u128::from(n) | (u128::from(std::process::id()) << 40)
+}
+
 /// The sessions scenarios: `clients` loops, each on its own sessions, round robin over
 /// the nodes.
 pub async fn sessions(args: &Args) -> anyhow::Result<Summary> {
-    let http = client();
-    let data = json!({ "payload": "x".repeat(args.value_bytes) });
+    anyhow::ensure!(
+        !(args.target == Target::Etcd && args.scenario == Scenario::SessionsCreate),
+        "sessions-create measures TTL churn, which etcd does with leases: not supported"
+    );
+    let store = Arc::new(Sessions {
+        http: client(),
+        target: args.target,
+        data: json!({ "payload": "x".repeat(args.value_bytes) }),
+        ttl_secs: (args.scenario == Scenario::SessionsCreate).then_some(args.ttl_secs),
+    });
     // Seed one session per client, so reads and overwrites have something to work on.
     let mut ids = Vec::with_capacity(args.clients);
     for n in 0..args.clients {
         let node = &args.nodes[n % args.nodes.len()];
-        let body: Value = http
-            .post(format!("{node}/api/sessions"))
-            .json(&json!({ "data": data }))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {node}"))?
-            .json()
-            .await?;
-        ids.push(body["id"].as_str().context("create answered no id")?.to_string());
+        ids.push(store.create(node).await.with_context(|| format!("cannot seed on {node}"))?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let reporter = progress("ops", done.clone());
@@ -64,33 +163,23 @@ pub async fn sessions(args: &Args) -> anyhow::Result<Summary> {
     let per_client_ops = args.ops.map(|ops| ops.div_ceil(args.clients as u64));
     let mut workers = Vec::new();
     for (worker, id) in ids.into_iter().enumerate() {
-        let (http, nodes, data, done, scenario) =
-            (http.clone(), args.nodes.clone(), data.clone(), done.clone(), args.scenario);
+        let (store, nodes, done, scenario) =
+            (store.clone(), args.nodes.clone(), done.clone(), args.scenario);
         workers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut n = 0_u64;
             while Instant::now() < deadline && per_client_ops.is_none_or(|ops| n < ops) {
                 let node = &nodes[(worker + n as usize) % nodes.len()];
-                let write = match scenario {
-                    Scenario::SessionsWrite => true,
-                    Scenario::SessionsMixed => n % 10 == 0,
-                    _ => false,
-                };
                 let began = Instant::now();
-                let outcome = if write {
-                    http.put(format!("{node}/api/sessions/{id}"))
-                        .json(&json!({ "data": data }))
-                        .send()
-                        .await
-                } else {
-                    http.get(format!("{node}/api/sessions/{id}")).send().await
+                let outcome = match scenario {
+                    Scenario::SessionsWrite => store.write(node, &id).await,
+                    Scenario::SessionsMixed if n % 10 == 0 => store.write(node, &id).await,
+                    Scenario::SessionsCreate => store.create(node).await.map(drop),
+                    _ => store.read(node, &id).await,
                 };
                 match outcome {
-                    Ok(response) if response.status().is_success() => {
-                        let _ = response.bytes().await;
-                        samples.record(began.elapsed());
-                    }
-                    _ => samples.errors += 1,
+                    Ok(()) => samples.record(began.elapsed()),
+                    Err(_) => samples.errors += 1,
                 }
                 n += 1;
                 done.fetch_add(1, Ordering::Relaxed);
@@ -106,9 +195,136 @@ pub async fn sessions(args: &Args) -> anyhow::Result<Summary> {
     let name = match args.scenario {
         Scenario::SessionsWrite => "sessions-write",
         Scenario::SessionsRead => "sessions-read",
+        Scenario::SessionsCreate => "sessions-create",
         _ => "sessions-mixed",
     };
     Ok(all.summary(name, started.elapsed()))
+}
+
+/// Concurrent searches to completion: each client starts a search with `?wait=true`
+/// (answered when it is done) on the next node, again and again.
+pub async fn searches(args: &Args) -> anyhow::Result<Summary> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let date_to = day_of_2025(args.search_days);
+    let body = json!({ "ufs": args.ufs, "date_from": "2025-01-01", "date_to": date_to });
+    let done = Arc::new(AtomicU64::new(0));
+    let reporter = progress("searches completed", done.clone());
+    let deadline = Instant::now() + args.duration();
+    let started = Instant::now();
+    let per_client_ops = args.ops.map(|ops| ops.div_ceil(args.clients as u64));
+    let mut workers = Vec::new();
+    for worker in 0..args.clients {
+        let (http, nodes, body, done) =
+            (http.clone(), args.nodes.clone(), body.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut n = 0_u64;
+            while Instant::now() < deadline && per_client_ops.is_none_or(|ops| n < ops) {
+                let node = &nodes[(worker + n as usize) % nodes.len()];
+                let began = Instant::now();
+                let answer =
+                    http.post(format!("{node}/api/searches?wait=true")).json(&body).send().await;
+                let completed = match answer {
+                    Ok(response) if response.status().is_success() => response
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|state| state["status"] == "completed"),
+                    _ => false,
+                };
+                if completed {
+                    samples.record(began.elapsed());
+                } else {
+                    samples.errors += 1;
+                }
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for worker in workers {
+        all.merge(worker.await?);
+    }
+    reporter.abort();
+    Ok(all.summary("searches", started.elapsed()))
+}
+
+/// Returns day `day` (1-based) of 2025 as `YYYY-MM-DD`.
+fn day_of_2025(day: u32) -> String {
+    let lengths = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut left = day.clamp(1, 365);
+    for (month, length) in lengths.iter().enumerate() {
+        if left <= *length {
+            return format!("2025-{:02}-{left:02}", month + 1);
+        }
+        left -= length;
+    }
+    "2025-12-31".to_string()
+}
+
+/// `--connections` idle SSE streams (a tracker that never ends) held open for the
+/// duration, spread round robin over the nodes; latency = time to the snapshot event.
+pub async fn sse_connections(args: &Args) -> anyhow::Result<Summary> {
+    let http = client();
+    let tracker: Value = http
+        .post(format!("{}/api/trackers", args.nodes[0]))
+        .json(&json!({ "total": 1, "label": "sse-connections" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = tracker["id"].as_str().context("tracker id")?.to_string();
+    let open = Arc::new(AtomicU64::new(0));
+    let reporter = progress("streams open", open.clone());
+    let started = Instant::now();
+    let hold_until = started + args.duration();
+    let mut streams = Vec::with_capacity(args.connections);
+    // Each stream holds its own connection (HTTP/1.1 opens one per request in flight),
+    // as browsers' EventSources do.
+    let streaming = reqwest::Client::builder().timeout(Duration::from_secs(3600)).build()?;
+    for n in 0..args.connections {
+        let url = format!("{}/api/trackers/{id}/events", args.nodes[n % args.nodes.len()]);
+        let (open, http) = (open.clone(), streaming.clone());
+        streams.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let mut response = http.get(&url).send().await?;
+            anyhow::ensure!(response.status().is_success(), "answered {}", response.status());
+            let mut text = String::new();
+            while !text.contains("event: snapshot") {
+                let chunk = response.chunk().await?.context("the stream ended")?;
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            let latency = began.elapsed();
+            open.fetch_add(1, Ordering::Relaxed);
+            let idle = tokio::time::timeout_at(hold_until.into(), async {
+                while response.chunk().await?.is_some() {}
+                anyhow::Ok(())
+            });
+            match idle.await {
+                Err(_) => Ok(latency), // still open at the end: held
+                Ok(_) => anyhow::bail!("the stream ended early"),
+            }
+        }));
+        // Open them steadily rather than all in one burst of SYNs.
+        if n % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut all = Samples::default();
+    for stream in streams {
+        match stream.await? {
+            Ok(latency) => all.record(latency),
+            Err(_) => all.errors += 1,
+        }
+    }
+    reporter.abort();
+    let _ = http
+        .post(format!("{}/api/trackers/{id}/events", args.nodes[0]))
+        .json(&json!({ "type": "completed", "data": {} }))
+        .send()
+        .await;
+    Ok(all.summary("sse-connections", started.elapsed()))
 }
 
 /// Cross-node SSE latency: a tracker on the first node; subscribers on the others follow
@@ -195,4 +411,26 @@ async fn subscribe(url: &str, received: Arc<AtomicU64>) -> anyhow::Result<Sample
         }
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_of_known_strings() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"session:1"), "c2Vzc2lvbjox");
+    }
+
+    #[test]
+    fn days_of_2025() {
+        assert_eq!(day_of_2025(1), "2025-01-01");
+        assert_eq!(day_of_2025(31), "2025-01-31");
+        assert_eq!(day_of_2025(32), "2025-02-01");
+        assert_eq!(day_of_2025(365), "2025-12-31");
+    }
 }

@@ -1,0 +1,145 @@
+//! Group commit: the leader packs the session and progress commands that wait for it into
+//! one Raft entry (`Command::Batch`), so one log append, one fsync and one replication
+//! round serve many clients.
+//!
+//! Commands in one batch touch distinct records, so applying each against the state
+//! before the batch (as the state machine does, into one atomic write) is the same as
+//! applying them one after another. A command for a record already in the batch waits
+//! for the next one. While `MAX_IN_FLIGHT` batches are being committed, new commands
+//! queue up and form the next batch: the busier the leader, the bigger the batches.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::progress::ProgressCommand;
+use crate::types::{Command, Request, Response};
+use crate::{unix_millis, ClusterError, Raft, Result};
+
+/// The most commands in one entry.
+const MAX_BATCH: usize = 256;
+/// Batches being committed at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// A command waiting for its batch.
+pub(crate) struct Pending {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Response>>,
+}
+
+/// Returns the record `command` changes, if it may share an entry with others.
+pub(crate) fn batch_key(command: &Command) -> Option<(u8, &str)> {
+    match command {
+        Command::CreateSession { id, .. }
+        | Command::UpdateSession { id, .. }
+        | Command::DeleteSession { id, .. } => Some((0, id)),
+        Command::Progress(
+            ProgressCommand::Create { id, .. }
+            | ProgressCommand::Update { id, .. }
+            | ProgressCommand::Takeover { id, .. },
+        ) => Some((1, id)),
+        _ => None,
+    }
+}
+
+/// Proposes `command` alone, mapping openraft's answer.
+pub(crate) async fn propose(raft: &Raft, command: Command, timeout: Duration) -> Result<Response> {
+    let request = Request { now_ms: unix_millis(), command };
+    let outcome = tokio::time::timeout(timeout, raft.client_write(request))
+        .await
+        .map_err(|_| ClusterError::Timeout(timeout))?;
+    match outcome {
+        Ok(written) => Ok(written.data),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(forward),
+        )) => Err(crate::cluster::not_leader(forward)),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ChangeMembershipError(error),
+        )) => Err(ClusterError::Raft(error.to_string())),
+        Err(openraft::error::RaftError::Fatal(fatal)) => Err(ClusterError::Raft(fatal.to_string())),
+    }
+}
+
+/// Forms batches from `queue` and proposes them until the queue closes.
+pub(crate) async fn run(
+    raft: Raft,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        // Waiting for a permit lets the queue fill: that is what forms big batches.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        let mut keys: HashSet<(u8, String)> = HashSet::new();
+        if let Some((kind, id)) = batch_key(&batch[0].command) {
+            keys.insert((kind, id.to_string()));
+        }
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            let key = batch_key(&next.command).map(|(kind, id)| (kind, id.to_string()));
+            if key.is_some_and(|key| !keys.insert(key)) {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            commit(&raft, batch, timeout).await;
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and answers each command's caller.
+async fn commit(raft: &Raft, mut batch: Vec<Pending>, timeout: Duration) {
+    if batch.len() == 1 {
+        let pending = batch.pop().expect("one command");
+        let _ = pending.reply.send(propose(raft, pending.command, timeout).await);
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
+    match propose(raft, Command::Batch(commands), timeout).await {
+        Ok(Response::Batch(responses)) if responses.len() == replies.len() => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Ok(other) => {
+            let error = ClusterError::Raft(format!("a batch was answered {other:?}"));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_record_commands_are_batched() {
+        let create = Command::CreateSession { id: "a".into(), data: "{}".into(), ttl_ms: 1 };
+        assert_eq!(batch_key(&create), Some((0, "a")));
+        assert_eq!(batch_key(&Command::Expire), None);
+        assert_eq!(batch_key(&Command::Touch { ids: vec!["a".into()] }), None);
+    }
+}
