@@ -51,7 +51,12 @@ say("`docs/bench-notes.md`). One run, one machine (2 cores, shared and noisy): c
 say("ratios within this run rather than absolute figures across runs.")
 say("")
 say(f"Run: {datetime.date.today().isoformat()}, {clients} clients, {duration} s per scenario,")
-say("release builds, every server on 127.0.0.1. Reproduce with `scripts/bench` (knobs at its top).")
+knobs = " ".join(f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("BENCH_") and name != "BENCH_OUT")
+say("release builds, every server on 127.0.0.1. Reproduce with:")
+say("")
+say("```sh")
+say(f"{knobs + ' ' if knobs else ''}scripts/bench")
+say("```")
 say("")
 
 redis_bench = {}
