@@ -156,82 +156,58 @@ pub async fn sessions(args: &Args) -> anyhow::Result<Summary> {
         let node = &args.nodes[n % args.nodes.len()];
         ids.push(store.create(node).await.with_context(|| format!("cannot seed on {node}"))?);
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let reporter = progress("ops", done.clone());
-    let deadline = Instant::now() + args.duration();
-    let started = Instant::now();
-    let per_client_ops = args.ops.map(|ops| ops.div_ceil(args.clients as u64));
-    let mut workers = Vec::new();
-    for (worker, id) in ids.into_iter().enumerate() {
-        let (store, nodes, done, scenario) =
-            (store.clone(), args.nodes.clone(), done.clone(), args.scenario);
-        workers.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut n = 0_u64;
-            while Instant::now() < deadline && per_client_ops.is_none_or(|ops| n < ops) {
-                let node = &nodes[(worker + n as usize) % nodes.len()];
-                let began = Instant::now();
-                let outcome = match scenario {
-                    Scenario::SessionsWrite => store.write(node, &id).await,
-                    Scenario::SessionsMixed if n % 10 == 0 => store.write(node, &id).await,
-                    Scenario::SessionsCreate => store.create(node).await.map(drop),
-                    _ => store.read(node, &id).await,
-                };
-                match outcome {
-                    Ok(()) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-                n += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for worker in workers {
-        all.merge(worker.await?);
-    }
-    reporter.abort();
+    let ids = Arc::new(ids);
+    let scenario = args.scenario;
+    let (all, elapsed) = run_clients(args, "ops", move |worker, n, node| {
+        let (store, ids) = (store.clone(), ids.clone());
+        async move {
+            let id = &ids[worker];
+            let outcome = match scenario {
+                Scenario::SessionsWrite => store.write(&node, id).await,
+                Scenario::SessionsMixed if n % 10 == 0 => store.write(&node, id).await,
+                Scenario::SessionsCreate => store.create(&node).await.map(drop),
+                _ => store.read(&node, id).await,
+            };
+            outcome.is_ok()
+        }
+    })
+    .await?;
     let name = match args.scenario {
         Scenario::SessionsWrite => "sessions-write",
         Scenario::SessionsRead => "sessions-read",
         Scenario::SessionsCreate => "sessions-create",
         _ => "sessions-mixed",
     };
-    Ok(all.summary(name, started.elapsed()))
+    Ok(all.summary(name, elapsed))
 }
 
-/// Concurrent searches to completion: each client starts a search with `?wait=true`
-/// (answered when it is done) on the next node, again and again.
-pub async fn searches(args: &Args) -> anyhow::Result<Summary> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
-    let date_to = day_of_2025(args.search_days);
-    let body = json!({ "ufs": args.ufs, "date_from": "2025-01-01", "date_to": date_to });
+/// Runs `--clients` loops of `op(client, n, node)` (true: it succeeded), node after node
+/// round robin, for the duration or `--ops` in all, printing progress; returns the
+/// latencies of the successful operations and the time taken.
+async fn run_clients<F, Fut>(
+    args: &Args,
+    label: &'static str,
+    op: F,
+) -> anyhow::Result<(Samples, Duration)>
+where
+    F: Fn(usize, u64, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let done = Arc::new(AtomicU64::new(0));
-    let reporter = progress("searches completed", done.clone());
+    let reporter = progress(label, done.clone());
     let deadline = Instant::now() + args.duration();
     let started = Instant::now();
     let per_client_ops = args.ops.map(|ops| ops.div_ceil(args.clients as u64));
     let mut workers = Vec::new();
     for worker in 0..args.clients {
-        let (http, nodes, body, done) =
-            (http.clone(), args.nodes.clone(), body.clone(), done.clone());
+        let (op, nodes, done) = (op.clone(), args.nodes.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut n = 0_u64;
             while Instant::now() < deadline && per_client_ops.is_none_or(|ops| n < ops) {
-                let node = &nodes[(worker + n as usize) % nodes.len()];
+                let node = nodes[(worker + n as usize) % nodes.len()].clone();
                 let began = Instant::now();
-                let answer =
-                    http.post(format!("{node}/api/searches?wait=true")).json(&body).send().await;
-                let completed = match answer {
-                    Ok(response) if response.status().is_success() => response
-                        .json::<Value>()
-                        .await
-                        .is_ok_and(|state| state["status"] == "completed"),
-                    _ => false,
-                };
-                if completed {
+                if op(worker, n, node).await {
                     samples.record(began.elapsed());
                 } else {
                     samples.errors += 1;
@@ -247,7 +223,30 @@ pub async fn searches(args: &Args) -> anyhow::Result<Summary> {
         all.merge(worker.await?);
     }
     reporter.abort();
-    Ok(all.summary("searches", started.elapsed()))
+    Ok((all, started.elapsed()))
+}
+
+/// Concurrent searches to completion: each client starts a search with `?wait=true`
+/// (answered when it is done) on the next node, again and again.
+pub async fn searches(args: &Args) -> anyhow::Result<Summary> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let date_to = day_of_2025(args.search_days);
+    let body = json!({ "ufs": args.ufs, "date_from": "2025-01-01", "date_to": date_to });
+    let (all, elapsed) = run_clients(args, "searches completed", move |_, _, node| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            let answer =
+                http.post(format!("{node}/api/searches?wait=true")).json(&body).send().await;
+            match answer {
+                Ok(response) if response.status().is_success() => {
+                    response.json::<Value>().await.is_ok_and(|state| state["status"] == "completed")
+                }
+                _ => false,
+            }
+        }
+    })
+    .await?;
+    Ok(all.summary("searches", elapsed))
 }
 
 /// Returns day `day` (1-based) of 2025 as `YYYY-MM-DD`.
