@@ -235,11 +235,11 @@ pub struct ServeArgs {
     pub log: String,
 
     /// Raft heartbeat interval
-    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL_MS", default_value_t = 100, value_name = "MS")]
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL_MS", default_value_t = 50, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 
     /// Shortest Raft election timeout; the longest is twice this
-    #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS", default_value_t = 500, value_name = "MS")]
+    #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS", default_value_t = 300, value_name = "MS")]
     pub election_timeout_ms: u64,
 
     /// Build a Raft snapshot (and purge the log behind it) every this many entries

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::network::{InternalClient, FORWARD_BATCH_PATH};
 use crate::progress::ProgressCommand;
 use crate::types::{Command, Request, Response};
 use crate::{unix_millis, ClusterError, Raft, Result};
@@ -128,6 +129,80 @@ async fn commit(raft: &Raft, mut batch: Vec<Pending>, timeout: Duration) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+/// A command a follower hands to the leader at `addr`.
+pub(crate) struct Forward {
+    pub addr: String,
+    pub pending: Pending,
+}
+
+/// On a follower: sends the commands queued for the leader in batches, one signed
+/// request each (`FORWARD_BATCH_PATH`), up to `MAX_IN_FLIGHT` at once; the leader's own
+/// group commit then packs them into entries.
+pub(crate) async fn run_forwards(
+    client: InternalClient,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Forward>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<Forward> = None;
+    loop {
+        let first = match carried.take() {
+            Some(forward) => forward,
+            None => match queue.recv().await {
+                Some(forward) => forward,
+                None => return,
+            },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let addr = first.addr;
+        let mut batch = vec![first.pending];
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            if next.addr != addr {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next.pending);
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
+            let answered: std::result::Result<Result<Vec<Result<Response>>>, _> =
+                client.call(&addr, FORWARD_BATCH_PATH, &commands, timeout).await;
+            match answered {
+                Ok(Ok(answers)) if answers.len() == replies.len() => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Ok(Ok(answers)) => {
+                    let error = ClusterError::Raft(format!(
+                        "the leader answered {} of {} forwarded commands",
+                        answers.len(),
+                        replies.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                Ok(Err(error)) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                Err(error) => {
+                    let error = ClusterError::Unreachable(error.to_string());
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

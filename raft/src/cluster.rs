@@ -91,6 +91,8 @@ struct Inner {
     read_rounds: Mutex<ReadRounds>,
     /// The group-commit queue of session and progress writes.
     batches: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
+    /// Session and progress writes a follower hands to the leader, in batches.
+    forwards: tokio::sync::mpsc::UnboundedSender<batch::Forward>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -130,8 +132,10 @@ impl Cluster {
                 .map_err(|error| ClusterError::Raft(error.to_string()))?;
         let (batches, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch::run(raft.clone(), options.request_timeout, queue));
-        let inner =
-            Inner { raft, options, reader, log_store, read_rounds: Mutex::default(), batches };
+        let (forwards, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batch::run_forwards(options.client.clone(), options.request_timeout, queue));
+        let read_rounds = Mutex::default();
+        let inner = Inner { raft, options, reader, log_store, read_rounds, batches, forwards };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -185,6 +189,25 @@ impl Cluster {
     /// On a timeout the outcome is unknown: the entry may still commit later.
     pub async fn write(&self, command: Command) -> Result<Response> {
         match self.write_local(command.clone()).await {
+            Err(ClusterError::NotLeader { leader_addr, .. })
+                if batch::batch_key(&command).is_some() =>
+            {
+                let timeout = self.inner.options.request_timeout;
+                let (reply, answer) = oneshot::channel();
+                let pending = batch::Pending { command, reply };
+                self.inner
+                    .forwards
+                    .send(batch::Forward { addr: leader_addr, pending })
+                    .map_err(|_| ClusterError::Raft("the forward queue stopped".into()))?;
+                let answer = tokio::time::timeout(timeout, answer)
+                    .await
+                    .map_err(|_| ClusterError::Timeout(timeout))?
+                    .map_err(|_| ClusterError::Raft("the forward task stopped".into()))?;
+                match answer? {
+                    Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
+                    response => Ok(response),
+                }
+            }
             Err(ClusterError::NotLeader { leader_addr, .. }) => {
                 let timeout = self.inner.options.request_timeout;
                 let forwarded: std::result::Result<Result<Response>, CallError> = self

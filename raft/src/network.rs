@@ -28,6 +28,8 @@ pub const SNAPSHOT_PATH: &str = "/internal/raft/snapshot";
 
 /// The path through which followers hand writes to the leader.
 pub const FORWARD_PATH: &str = "/internal/raft/forward";
+/// The path through which followers hand many writes to the leader at once.
+pub const FORWARD_BATCH_PATH: &str = "/internal/raft/forward-batch";
 /// The path through which followers ask the leader for a read index.
 pub const READ_INDEX_PATH: &str = "/internal/raft/read-index";
 /// The path through which membership changes reach the leader.

@@ -12,7 +12,8 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use shoal_raft::auth::{MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use shoal_raft::network::{
-    APPEND_PATH, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH,
+    APPEND_PATH, FORWARD_BATCH_PATH, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, SNAPSHOT_PATH,
+    VOTE_PATH,
 };
 use shoal_raft::{unix_millis, ClusterSecret, Command, MembershipChange};
 use shoal_storage::codec;
@@ -31,6 +32,7 @@ pub fn routes(secret: ClusterSecret) -> Router<AppState> {
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(FORWARD_PATH, post(forward))
+        .route(FORWARD_BATCH_PATH, post(forward_batch))
         .route(READ_INDEX_PATH, post(read_index))
         .route(MEMBERSHIP_PATH, post(membership))
         .route("/internal/searches/{id}/stream", get(stream))
@@ -118,6 +120,20 @@ async fn snapshot(State(app): State<AppState>, body: Bytes) -> Response {
 async fn forward(State(app): State<AppState>, body: Bytes) -> Response {
     match decode::<Command>(&body) {
         Ok(command) => encoded(&app.cluster.write_local(command).await),
+        Err(response) => response,
+    }
+}
+
+/// Many writes from a follower: each is proposed here (and packed by the group commit);
+/// the answers come back in order.
+async fn forward_batch(State(app): State<AppState>, body: Bytes) -> Response {
+    match decode::<Vec<Command>>(&body) {
+        Ok(commands) => {
+            let writes = commands.into_iter().map(|command| app.cluster.write_local(command));
+            let answers: Vec<shoal_raft::Result<shoal_raft::Response>> =
+                futures::future::join_all(writes).await;
+            encoded(&Ok::<_, shoal_raft::ClusterError>(answers))
+        }
         Err(response) => response,
     }
 }

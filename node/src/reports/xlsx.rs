@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rust_xlsxwriter::{ExcelDateTime, Format, FormatAlign, Url, Workbook, Worksheet, XlsxError};
+use rust_xlsxwriter::{
+    ExcelDateTime, Format, FormatAlign, Formula, Url, Workbook, Worksheet, XlsxError,
+};
 
 use crate::jobs::{Notice, SearchParams};
 use crate::time::{civil_from_days, rfc3339_millis};
@@ -12,6 +14,8 @@ use crate::time::{civil_from_days, rfc3339_millis};
 pub const CONSTANT_MEMORY_ROWS: usize = 5_000;
 /// Excel allows this many hyperlinks per sheet; further links are written as text.
 const MAX_HYPERLINKS: usize = 65_530;
+/// The longest text a string literal in an Excel formula may hold.
+const MAX_FORMULA_STRING: usize = 255;
 
 const RESULTS_SHEET: &str = "Resultados";
 const SUMMARY_SHEET: &str = "Resumo";
@@ -56,7 +60,8 @@ pub fn build(input: &ReportInput<'_>) -> Result<Vec<u8>, XlsxError> {
         .set_font_color("#0563C1")
         .set_underline(rust_xlsxwriter::FormatUnderline::Single);
 
-    let results = if input.notices.len() > CONSTANT_MEMORY_ROWS {
+    let constant_memory = input.notices.len() > CONSTANT_MEMORY_ROWS;
+    let results = if constant_memory {
         workbook.add_worksheet_with_constant_memory()?
     } else {
         workbook.add_worksheet()
@@ -78,7 +83,14 @@ pub fn build(input: &ReportInput<'_>) -> Result<Vec<u8>, XlsxError> {
         results.write_number_with_format(row, 6, notice.estimated_value, &currency)?;
         results.write_date_with_format(row, 7, &excel_date(notice.published_on)?, &date)?;
         results.write_date_with_format(row, 8, &excel_date(notice.opening_on)?, &date)?;
-        if index < MAX_HYPERLINKS && notice.link.len() < 2080 {
+        if constant_memory && notice.link.len() <= MAX_FORMULA_STRING {
+            // A sheet's hyperlinks are kept in memory until the file is written (90 MB for
+            // 100,000 rows); a HYPERLINK formula is written with its row, and clicks alike.
+            let quoted = notice.link.replace('"', "\"\"");
+            let formula = Formula::new(format!("HYPERLINK(\"{quoted}\",\"{quoted}\")"))
+                .set_result(notice.link.as_str());
+            results.write_formula_with_format(row, 9, formula, &link)?;
+        } else if !constant_memory && index < MAX_HYPERLINKS && notice.link.len() < 2080 {
             results.write_url_with_format(row, 9, Url::new(notice.link.as_str()), &link)?;
         } else {
             results.write_string(row, 9, &notice.link)?;
@@ -232,5 +244,8 @@ mod tests {
         assert_eq!(results.len(), rows + 1);
         assert_eq!(results[rows][0], Data::String(format!("CN-{}", rows - 1)));
         assert!(matches!(results[rows][7], Data::DateTime(_)));
+        // Links are HYPERLINK formulas whose cached value is the URL.
+        let link = format!("https://pncp.gov.br/app/editais/{}", rows - 1);
+        assert_eq!(results[rows][9], Data::String(link));
     }
 }
