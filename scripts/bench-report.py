@@ -176,7 +176,7 @@ if report:
 failover = [int(row[4]) for row in lines("failover.txt")]
 if failover:
     median = statistics.median(failover)
-    say(f"Failover (production timings: heartbeat 100 ms, election timeout 500–1000 ms), SIGKILL of the")
+    say(f"Failover (default timings: heartbeat 50 ms, election timeout 300–600 ms), SIGKILL of the")
     say(f"leader to the next acknowledged write on a survivor, {len(failover)} runs: "
         + ", ".join(f"{ms} ms" for ms in failover) + f"; **median {median:.0f} ms**.")
     say("")

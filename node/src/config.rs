@@ -234,6 +234,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_LOG", default_value = "info,openraft=warn")]
     pub log: String,
 
+    /// Memory for the storage engine's page cache
+    #[arg(long, env = "SHOAL_STORAGE_CACHE_MB", default_value_t = 64, value_name = "MB")]
+    pub storage_cache_mb: u64,
+
     /// Raft heartbeat interval
     #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL_MS", default_value_t = 50, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
@@ -296,6 +300,8 @@ pub struct Config {
     pub snapshot_logs: u64,
     pub request_timeout: Duration,
     pub maintenance_interval: Duration,
+    /// Bytes of the storage engine's page cache.
+    pub storage_cache_bytes: u64,
     /// Compatibility mode: state in this Redis instead of Raft.
     pub redis: Option<RedisConfig>,
     /// Reports in S3 instead of the state store.
@@ -536,6 +542,7 @@ impl ServeArgs {
             snapshot_logs: self.snapshot_logs,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
+            storage_cache_bytes: self.storage_cache_mb.max(1) * 1024 * 1024,
             redis,
             s3,
         })

@@ -67,14 +67,17 @@ impl Node {
 
         let engine: Arc<dyn Engine> = {
             let path = engine_path.clone();
-            let engine = tokio::task::spawn_blocking(move || SledEngine::open(&path))
-                .await?
-                .with_context(|| {
-                    format!(
-                        "cannot open the database in {} (is another node using this data dir?)",
-                        engine_path.display()
-                    )
-                })?;
+            let cache_bytes = config.storage_cache_bytes;
+            let engine = tokio::task::spawn_blocking(move || {
+                SledEngine::open_with_cache(&path, cache_bytes)
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the database in {} (is another node using this data dir?)",
+                    engine_path.display()
+                )
+            })?;
             Arc::new(engine)
         };
         let secret = match &config.cluster_secret {

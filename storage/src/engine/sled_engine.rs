@@ -7,6 +7,9 @@ use std::sync::Arc;
 use super::{Engine, KeyValue, Tree, WriteBatch, WriteOp};
 use crate::Result;
 
+/// The page cache of [`SledEngine::open`]: sled's default.
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// An [`Engine`] on one sled database.
 #[derive(Debug, Clone)]
 pub struct SledEngine {
@@ -14,11 +17,21 @@ pub struct SledEngine {
 }
 
 impl SledEngine {
-    /// Opens (creating if needed) the database in `path`.
+    /// Opens (creating if needed) the database in `path`, with sled's default page cache.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the database in `path`, caching at most `cache_bytes` of pages in memory
+    /// (sled's own default is 1 GiB, which a node fills while it catches up).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
         // shoal fsyncs explicitly before acknowledging (see `Engine::flush`), so sled's
         // periodic background flush only bounds how much unacknowledged work a crash loses.
-        let db = sled::Config::new().path(path).flush_every_ms(Some(1000)).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(1000))
+            .cache_capacity(cache_bytes)
+            .open()?;
         Ok(Self { db })
     }
 
