@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::network::{InternalClient, FORWARD_BATCH_PATH};
 use crate::progress::ProgressCommand;
@@ -63,38 +63,61 @@ pub(crate) async fn propose(raft: &Raft, command: Command, timeout: Duration) ->
     }
 }
 
+/// Takes batches off a queue: at most `MAX_IN_FLIGHT` out at once, each of what is queued
+/// when a slot frees up (waiting for a slot lets the queue fill: that is what forms big
+/// batches), up to `MAX_BATCH` and until an item that may not join.
+struct Gatherer<T> {
+    permits: Arc<Semaphore>,
+    /// The item that did not join the last batch: it starts the next one.
+    carried: Option<T>,
+}
+
+impl<T> Gatherer<T> {
+    fn new() -> Self {
+        Self { permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), carried: None }
+    }
+
+    /// Returns the next batch and its slot, or `None` once the queue is closed; `joins`
+    /// says of each item, the first included, whether it may go in this batch.
+    async fn next(
+        &mut self,
+        queue: &mut mpsc::UnboundedReceiver<T>,
+        mut joins: impl FnMut(&T) -> bool,
+    ) -> Option<(Vec<T>, OwnedSemaphorePermit)> {
+        let first = match self.carried.take() {
+            Some(item) => item,
+            None => queue.recv().await?,
+        };
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        joins(&first);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            if !joins(&next) {
+                self.carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        Some((batch, permit))
+    }
+}
+
 /// Forms batches from `queue` and proposes them until the queue closes.
 pub(crate) async fn run(
     raft: Raft,
     timeout: Duration,
     mut queue: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carried: Option<Pending> = None;
+    let mut gatherer = Gatherer::new();
     loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match queue.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
-        };
-        // Waiting for a permit lets the queue fill: that is what forms big batches.
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
         let mut keys: HashSet<(u8, String)> = HashSet::new();
-        if let Some((kind, id)) = batch_key(&batch[0].command) {
-            keys.insert((kind, id.to_string()));
-        }
-        while batch.len() < MAX_BATCH {
-            let Ok(next) = queue.try_recv() else { break };
-            let key = batch_key(&next.command).map(|(kind, id)| (kind, id.to_string()));
-            if key.is_some_and(|key| !keys.insert(key)) {
-                carried = Some(next);
-                break;
-            }
-            batch.push(next);
-        }
+        // Commands on a record already in the batch wait for the next one.
+        let joins = |pending: &Pending| {
+            let key = batch_key(&pending.command).map(|(kind, id)| (kind, id.to_string()));
+            key.is_none_or(|key| keys.insert(key))
+        };
+        let Some((batch, permit)) = gatherer.next(&mut queue, joins).await else { return };
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -146,27 +169,15 @@ pub(crate) async fn run_forwards(
     timeout: Duration,
     mut queue: mpsc::UnboundedReceiver<Forward>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carried: Option<Forward> = None;
+    let mut gatherer = Gatherer::new();
     loop {
-        let first = match carried.take() {
-            Some(forward) => forward,
-            None => match queue.recv().await {
-                Some(forward) => forward,
-                None => return,
-            },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let addr = first.addr;
-        let mut batch = vec![first.pending];
-        while batch.len() < MAX_BATCH {
-            let Ok(next) = queue.try_recv() else { break };
-            if next.addr != addr {
-                carried = Some(next);
-                break;
-            }
-            batch.push(next.pending);
-        }
+        let mut leader = None;
+        // One request goes to one leader: a command for another waits for the next one.
+        let joins =
+            |forward: &Forward| leader.get_or_insert_with(|| forward.addr.clone()) == &forward.addr;
+        let Some((batch, permit)) = gatherer.next(&mut queue, joins).await else { return };
+        let addr = batch[0].addr.clone();
+        let batch: Vec<Pending> = batch.into_iter().map(|forward| forward.pending).collect();
         let client = client.clone();
         tokio::spawn(async move {
             let _permit = permit;
