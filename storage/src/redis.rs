@@ -334,28 +334,6 @@ impl Redis {
         Ok(changed == 1)
     }
 
-    /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&self, key: &str) -> RedisResult<bool> {
-        let deleted: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
-        Ok(deleted > 0)
-    }
-
-    /// Returns how many keys match `pattern` (SCAN, never KEYS, so the server is not blocked).
-    pub async fn count(&self, pattern: &str) -> RedisResult<u64> {
-        let mut cursor = 0u64;
-        let mut count = 0u64;
-        loop {
-            let mut command = redis::cmd("SCAN");
-            command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-            let (next, keys): (u64, Vec<Vec<u8>>) = self.query(&command).await?;
-            count += keys.len() as u64;
-            if next == 0 {
-                return Ok(count);
-            }
-            cursor = next;
-        }
-    }
-
     /// Publishes `messages` in order, in one round trip.
     pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> RedisResult<()> {
         let mut pipeline = redis::pipe();
