@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 mod data_dir;
 pub mod gossip;
+mod http;
 pub mod jobs;
 mod metrics;
 mod node;

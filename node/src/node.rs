@@ -299,7 +299,7 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
+        crate::http::serve(self.listener, router, shutdown, crate::http::DRAIN).await;
         self.services.shutdown().await
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::oneshot;
 
 use crate::network::{
     CallError, InternalClient, Network, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
@@ -88,7 +88,11 @@ struct Inner {
     options: ClusterOptions,
     reader: StateReader,
     log_store: LogStore<TypeConfig>,
-    read_rounds: Mutex<ReadRounds>,
+    /// Linearizable reads of this node waiting for a read barrier.
+    read_rounds: Rounds<Result<()>>,
+    /// Callers of the leader's quorum confirmation (its own read barriers and followers'
+    /// read-index requests alike).
+    index_rounds: Rounds<Result<Option<u64>>>,
     /// The group-commit queue of session and progress writes.
     batches: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
     /// Session and progress writes a follower hands to the leader, in batches.
@@ -134,8 +138,17 @@ impl Cluster {
         tokio::spawn(batch::run(raft.clone(), options.request_timeout, queue));
         let (forwards, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch::run_forwards(options.client.clone(), options.request_timeout, queue));
-        let read_rounds = Mutex::default();
-        let inner = Inner { raft, options, reader, log_store, read_rounds, batches, forwards };
+        let (read_rounds, index_rounds) = (Rounds::default(), Rounds::default());
+        let inner = Inner {
+            raft,
+            options,
+            reader,
+            log_store,
+            read_rounds,
+            index_rounds,
+            batches,
+            forwards,
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -254,16 +267,7 @@ impl Cluster {
     /// Concurrent callers share rounds: a caller joins the next round to start, never
     /// one already under way (whose read index may predate the caller's write).
     pub async fn read_barrier(&self) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        let start_round = {
-            let mut rounds = self.inner.read_rounds.lock().await;
-            rounds.waiting.push(done);
-            !std::mem::replace(&mut rounds.running, true)
-        };
-        if start_round {
-            tokio::spawn(run_read_rounds(self.inner.clone()));
-        }
-        wait.await.unwrap_or_else(|_| Err(ClusterError::Raft("read barrier task stopped".into())))
+        share_round(&self.inner, |inner| &inner.read_rounds, barrier_round).await
     }
 
     /// Changes the membership (on the leader; forwarded there from a follower) and waits
@@ -352,7 +356,7 @@ impl Cluster {
     /// leader confirms its leadership with a quorum first. Followers call this on the
     /// leader through `/internal/raft/read-index`.
     pub async fn read_index(&self) -> Result<Option<u64>> {
-        linearize_locally(&self.inner).await
+        read_index(&self.inner).await
     }
 
     /// Returns this node's view of the cluster.
@@ -414,31 +418,86 @@ impl Cluster {
     }
 }
 
-#[derive(Default)]
-struct ReadRounds {
-    running: bool,
-    waiting: Vec<oneshot::Sender<Result<()>>>,
+/// The callers of one kind of round (a quorum confirmation): concurrent callers share a
+/// round, and a caller joins the next round to start, never one already under way (whose
+/// result may predate the caller's write).
+struct Rounds<T> {
+    state: std::sync::Mutex<RoundsState<T>>,
 }
 
-async fn run_read_rounds(inner: Arc<Inner>) {
-    loop {
-        let waiters = {
-            let mut rounds = inner.read_rounds.lock().await;
-            if rounds.waiting.is_empty() {
-                rounds.running = false;
-                return;
-            }
-            std::mem::take(&mut rounds.waiting)
-        };
-        // One deadline for the whole round: asking the leader and waiting to apply.
-        let timeout = inner.options.request_timeout;
-        let outcome = tokio::time::timeout(timeout, linearize(&inner))
-            .await
-            .unwrap_or(Err(ClusterError::Timeout(timeout)));
-        for waiter in waiters {
-            let _ = waiter.send(outcome.clone());
-        }
+struct RoundsState<T> {
+    running: bool,
+    waiting: Vec<oneshot::Sender<T>>,
+}
+
+impl<T> Default for Rounds<T> {
+    fn default() -> Self {
+        Self { state: std::sync::Mutex::new(RoundsState { running: false, waiting: Vec::new() }) }
     }
+}
+
+impl<T> Rounds<T> {
+    /// Adds a caller to the next round; returns whether rounds must be started.
+    fn join(&self, done: oneshot::Sender<T>) -> bool {
+        let mut state = self.state.lock().expect("rounds lock");
+        state.waiting.push(done);
+        !std::mem::replace(&mut state.running, true)
+    }
+
+    /// Takes the callers of the next round, or stops the rounds when nobody waits.
+    fn next(&self) -> Option<Vec<oneshot::Sender<T>>> {
+        let mut state = self.state.lock().expect("rounds lock");
+        if state.waiting.is_empty() {
+            state.running = false;
+            return None;
+        }
+        Some(std::mem::take(&mut state.waiting))
+    }
+}
+
+/// Waits for the outcome of the next round of `rounds`, running rounds of `round` one
+/// after another while callers wait.
+async fn share_round<T, Fut>(
+    inner: &Arc<Inner>,
+    rounds: fn(&Inner) -> &Rounds<Result<T>>,
+    round: fn(Arc<Inner>) -> Fut,
+) -> Result<T>
+where
+    T: Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let (done, wait) = oneshot::channel();
+    if rounds(inner).join(done) {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            while let Some(waiters) = rounds(&inner).next() {
+                let outcome = round(inner.clone()).await;
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        });
+    }
+    wait.await.unwrap_or_else(|_| Err(ClusterError::Raft("a read round task stopped".into())))
+}
+
+/// One read barrier, with one deadline for asking the leader and waiting to apply.
+async fn barrier_round(inner: Arc<Inner>) -> Result<()> {
+    let timeout = inner.options.request_timeout;
+    tokio::time::timeout(timeout, linearize(&inner))
+        .await
+        .unwrap_or(Err(ClusterError::Timeout(timeout)))
+}
+
+/// The read index as this node sees it (the leader; others are told who leads), from a
+/// quorum round shared with every concurrent caller.
+async fn read_index(inner: &Arc<Inner>) -> Result<Option<u64>> {
+    share_round(
+        inner,
+        |inner| &inner.index_rounds,
+        |inner| async move { linearize_locally(&inner).await },
+    )
+    .await
 }
 
 /// Confirms leadership with a quorum and waits until the read index is applied here;
@@ -460,8 +519,8 @@ async fn linearize_locally(inner: &Inner) -> Result<Option<u64>> {
 
 /// Makes reads on this node linearizable: on the leader by a quorum round, on a follower
 /// by asking the leader for its read index and waiting until this node applied it.
-async fn linearize(inner: &Inner) -> Result<()> {
-    let leader_addr = match linearize_locally(inner).await {
+async fn linearize(inner: &Arc<Inner>) -> Result<()> {
+    let leader_addr = match read_index(inner).await {
         Err(ClusterError::NotLeader { leader_addr, .. }) => leader_addr,
         outcome => return outcome.map(|_| ()),
     };
