@@ -154,7 +154,7 @@ if space:
     live_bytes = max(live * record_bytes, 1)
     say(f"Space after {churn['ops']:,} session creates with a 30 s TTL ({churn['throughput']:,.0f}/s):" if churn else "Space after TTL churn:")
     say("")
-    say("| node | data dir | live sessions | live data (≈ 378 B each) | data dir ÷ live data |")
+    say("| node | data dir (disk used) | live sessions | live data (≈ 378 B each) | data dir ÷ live data |")
     say("|---|---|---|---|---|")
     worst = 0
     for row in space:

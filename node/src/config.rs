@@ -51,6 +51,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The storage engine of a node's data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageEngine {
+    /// redb: a copy-on-write B-tree file that reuses freed pages (the default).
+    Redb,
+    /// sled, the engine of earlier versions (their data dirs keep using it).
+    Sled,
+}
+
 /// Flags of `shoal serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -234,6 +243,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_LOG", default_value = "info,openraft=warn")]
     pub log: String,
 
+    /// Storage engine of the data dir; a data dir keeps the engine it was created with
+    #[arg(long, env = "SHOAL_STORAGE_ENGINE", value_enum, default_value_t = StorageEngine::Redb)]
+    pub storage_engine: StorageEngine,
+
     /// Memory for the storage engine's page cache
     #[arg(long, env = "SHOAL_STORAGE_CACHE_MB", default_value_t = 64, value_name = "MB")]
     pub storage_cache_mb: u64,
@@ -302,6 +315,7 @@ pub struct Config {
     pub maintenance_interval: Duration,
     /// Bytes of the storage engine's page cache.
     pub storage_cache_bytes: u64,
+    pub storage_engine: StorageEngine,
     /// Compatibility mode: state in this Redis instead of Raft.
     pub redis: Option<RedisConfig>,
     /// Reports in S3 instead of the state store.
@@ -543,6 +557,7 @@ impl ServeArgs {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
             storage_cache_bytes: self.storage_cache_mb.max(1) * 1024 * 1024,
+            storage_engine: self.storage_engine,
             redis,
             s3,
         })

@@ -6,15 +6,37 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
+use crate::config::StorageEngine;
+
 const NODE_ID_FILE: &str = "node_id";
-const ENGINE_DIR: &str = "db";
+/// Where each engine keeps its files inside the data dir.
+const ENGINE_DIRS: [(StorageEngine, &str); 2] =
+    [(StorageEngine::Sled, "db"), (StorageEngine::Redb, "redb")];
 const SIGNING_KEY_FILE: &str = "signing.key";
 
-/// Creates the data directory if needed and returns the path of the engine inside it.
-pub fn prepare(data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+/// Creates the data directory if needed and returns the path of `engine`'s files inside
+/// it; refuses a data dir another engine wrote, whose state `engine` would not see.
+pub fn prepare(data_dir: &Path, engine: StorageEngine) -> anyhow::Result<std::path::PathBuf> {
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    Ok(data_dir.join(ENGINE_DIR))
+    let dir_of = |wanted| ENGINE_DIRS.iter().find(|(engine, _)| *engine == wanted).map(|e| e.1);
+    let path = data_dir.join(dir_of(engine).expect("every engine has a dir"));
+    if !path.exists() {
+        if let Some((other, _)) =
+            ENGINE_DIRS.iter().find(|(other, dir)| *other != engine && data_dir.join(dir).exists())
+        {
+            let name = |engine: StorageEngine| format!("{engine:?}").to_lowercase();
+            bail!(
+                "the data dir {} holds a {} database; start with --storage-engine {} \
+                 (or use a new --data-dir for {})",
+                data_dir.display(),
+                name(*other),
+                name(*other),
+                name(engine)
+            );
+        }
+    }
+    Ok(path)
 }
 
 /// Returns this node's id: the one kept in the data dir, else `requested`, else a new
@@ -105,6 +127,26 @@ mod tests {
         let key = signing_key(dir.path()).unwrap();
         assert_eq!(signing_key(dir.path()).unwrap(), key);
         assert_ne!(key, [0; 32]);
+    }
+
+    #[test]
+    fn a_data_dir_keeps_the_engine_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = prepare(dir.path(), StorageEngine::Redb).unwrap();
+        assert!(redb.ends_with("redb"));
+        fs::create_dir_all(&redb).unwrap();
+        assert_eq!(prepare(dir.path(), StorageEngine::Redb).unwrap(), redb);
+        let error = prepare(dir.path(), StorageEngine::Sled).unwrap_err().to_string();
+        assert!(
+            error.contains("holds a redb database; start with --storage-engine redb"),
+            "{error}"
+        );
+
+        let old = tempfile::tempdir().unwrap();
+        fs::create_dir_all(old.path().join("db")).unwrap();
+        let error = prepare(old.path(), StorageEngine::Redb).unwrap_err().to_string();
+        assert!(error.contains("--storage-engine sled"), "{error}");
+        assert!(!old.path().join("redb").exists(), "nothing created on a refusal");
     }
 
     #[test]

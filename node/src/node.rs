@@ -12,14 +12,16 @@ use shoal_raft::{
     spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, ClusterSecret, InternalClient,
     Node as RaftNode, Toucher,
 };
-use shoal_storage::{BlobStore, Engine, Redis, RedisBlobStore, S3BlobStore, SledEngine};
+use shoal_storage::{
+    BlobStore, Engine, RedbEngine, Redis, RedisBlobStore, S3BlobStore, SledEngine,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::{self, AppState, NodeContext};
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, StorageEngine};
 use crate::data_dir;
 use crate::gossip::membership::{raft_state, MembershipSettings};
 use crate::gossip::{self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT};
@@ -59,7 +61,7 @@ impl Node {
             format!("cannot listen on {} (is another node running there?)", config.listen)
         })?;
         let local_addr = listener.local_addr()?;
-        let engine_path = data_dir::prepare(&config.data_dir)?;
+        let engine_path = data_dir::prepare(&config.data_dir, config.storage_engine)?;
         let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
         let instance_id = config.instance_id.clone().unwrap_or_else(|| format!("shoal-{node_id}"));
         let advertise_addr =
@@ -68,8 +70,12 @@ impl Node {
         let engine: Arc<dyn Engine> = {
             let path = engine_path.clone();
             let cache_bytes = config.storage_cache_bytes;
-            let engine = tokio::task::spawn_blocking(move || {
-                SledEngine::open_with_cache(&path, cache_bytes)
+            let kind = config.storage_engine;
+            let engine = tokio::task::spawn_blocking(move || match kind {
+                StorageEngine::Sled => SledEngine::open_with_cache(&path, cache_bytes)
+                    .map(|engine| Arc::new(engine) as Arc<dyn Engine>),
+                StorageEngine::Redb => RedbEngine::open_with_cache(&path, cache_bytes)
+                    .map(|engine| Arc::new(engine) as Arc<dyn Engine>),
             })
             .await?
             .with_context(|| {
@@ -78,7 +84,7 @@ impl Node {
                     engine_path.display()
                 )
             })?;
-            Arc::new(engine)
+            engine
         };
         let secret = match &config.cluster_secret {
             Some(secret) => ClusterSecret::new(secret.as_bytes().to_vec()),
@@ -93,7 +99,7 @@ impl Node {
             heartbeat_interval: config.heartbeat_interval,
             election_timeout: (config.election_timeout, config.election_timeout * 2),
             snapshot_after_logs: config.snapshot_logs,
-            logs_kept_after_snapshot: config.snapshot_logs.min(1000),
+            logs_kept_after_snapshot: config.snapshot_logs.min(200),
             request_timeout: config.request_timeout,
             client,
         };

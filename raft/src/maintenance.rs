@@ -61,6 +61,7 @@ pub fn spawn_maintenance(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             expire_due(&cluster).await;
+            cluster.snapshot_if_log_grew().await;
             let ids = toucher.take();
             if !ids.is_empty() {
                 let command = Command::Touch { ids: ids.clone() };

@@ -127,6 +127,8 @@ pub struct StateMachineStore {
     applied: watch::Sender<u64>,
     /// Orders the writes of the current snapshot by snapshot builds and installs.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The size of the last snapshot built or installed here (0: none yet).
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -146,6 +148,7 @@ impl StateMachineStore {
             gate: Arc::default(),
             applied: watch::Sender::new(0),
             snapshot_lock: Arc::default(),
+            snapshot_bytes: Arc::default(),
         };
         let interrupted_install = store
             .snapshots
@@ -180,6 +183,12 @@ impl StateMachineStore {
     /// Returns the applied index plus one (0: nothing applied), updated on every apply.
     pub fn applied_index(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Returns the size of the last snapshot built or installed by this process, kept
+    /// up to date (0 until the first one).
+    pub fn snapshot_bytes(&self) -> Arc<AtomicU64> {
+        self.snapshot_bytes.clone()
     }
 
     fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
@@ -456,6 +465,7 @@ impl Change {
 /// Builds a snapshot from a copy of the state taken between two applies.
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
+    snapshot_bytes: Arc<AtomicU64>,
     snapshots: Arc<dyn Tree>,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     last_applied: Option<LogId<NodeId>>,
@@ -502,6 +512,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         tracing::info!(snapshot = %meta, bytes = stored.data.len(), "built raft snapshot");
+        self.snapshot_bytes.store(stored.data.len() as u64, Ordering::Relaxed);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -548,6 +559,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         SnapshotBuilder {
             engine: self.engine.clone(),
+            snapshot_bytes: self.snapshot_bytes.clone(),
             snapshots: self.snapshots.clone(),
             snapshot_lock: self.snapshot_lock.clone(),
             last_applied: self.last_applied,
@@ -566,6 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        self.snapshot_bytes.store(stored.data.len() as u64, Ordering::Relaxed);
         let signature = Some(meta.signature());
         // Keep the snapshot and mark the install first: if the node crashes while the
         // state is being replaced, the next start finishes the job from the stored copy.

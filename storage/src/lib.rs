@@ -14,7 +14,7 @@ mod redis;
 mod s3;
 
 pub use blob::{Blob, BlobError, BlobStore, BoxFuture};
-pub use engine::{Engine, KeyValue, SledEngine, Tree, WriteBatch, WriteOp};
+pub use engine::{Engine, KeyValue, RedbEngine, SledEngine, Tree, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use redis::{Redis, RedisBlobStore, RedisMessage, RedisResult};

@@ -43,6 +43,8 @@ pub struct LogStore<C: RaftTypeConfig> {
     purge_guard: Option<watch::Receiver<u64>>,
     /// The committed index plus one, 0 while nothing is committed; for metrics.
     committed: Arc<AtomicU64>,
+    /// Bytes of entries appended by this process.
+    appended: Arc<AtomicU64>,
     _config: PhantomData<C>,
 }
 
@@ -54,6 +56,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             meta: self.meta.clone(),
             purge_guard: self.purge_guard.clone(),
             committed: self.committed.clone(),
+            appended: self.appended.clone(),
             _config: PhantomData,
         }
     }
@@ -80,6 +83,7 @@ where
             meta,
             purge_guard: None,
             committed: Arc::default(),
+            appended: Arc::default(),
             _config: PhantomData,
         })
     }
@@ -96,6 +100,11 @@ where
     /// Returns the last index openraft reported committed to this store.
     pub fn committed_index(&self) -> Option<u64> {
         self.committed.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Returns the bytes of the entries this process has appended so far.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
     }
 
     fn read_meta<T: DeserializeOwned>(
@@ -227,9 +236,13 @@ where
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        let mut bytes = 0;
         for entry in entries {
-            batch.put(index_key(entry.get_log_id().index).to_vec(), codec::encode(&entry));
+            let encoded = codec::encode(&entry);
+            bytes += encoded.len() as u64;
+            batch.put(index_key(entry.get_log_id().index).to_vec(), encoded);
         }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         let flushed = self.flush().await;
         if let Err(error) = &flushed {

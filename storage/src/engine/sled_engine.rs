@@ -119,38 +119,3 @@ impl Tree for SledTree {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_ranges_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let engine = SledEngine::open(dir.path()).unwrap();
-            let tree = engine.open_tree("t").unwrap();
-            let mut batch = WriteBatch::new();
-            for key in [b"a1", b"a2", b"b1", b"c1"] {
-                batch.put(key.to_vec(), key.to_vec());
-            }
-            batch.delete(b"c1".to_vec());
-            tree.apply(batch).unwrap();
-            let keys: Vec<Vec<u8>> = tree.scan_prefix(b"a").map(|pair| pair.unwrap().0).collect();
-            assert_eq!(keys, vec![b"a1".to_vec(), b"a2".to_vec()]);
-            let ranged: Vec<Vec<u8>> = tree
-                .range(Bound::Excluded(b"a1"), Bound::Unbounded)
-                .map(|pair| pair.unwrap().0)
-                .collect();
-            assert_eq!(ranged, vec![b"a2".to_vec(), b"b1".to_vec()]);
-            assert_eq!(tree.last().unwrap().unwrap().0, b"b1".to_vec());
-            engine.flush().unwrap();
-        }
-        let engine = SledEngine::open(dir.path()).unwrap();
-        let tree = engine.open_tree("t").unwrap();
-        assert_eq!(tree.get(b"a2").unwrap(), Some(b"a2".to_vec()));
-        assert_eq!(tree.get(b"c1").unwrap(), None);
-        tree.clear().unwrap();
-        assert!(tree.last().unwrap().is_none());
-    }
-}
