@@ -140,7 +140,9 @@ if sse:
     held = conn["ops"] if conn else 0
     errors = conn["errors"] if conn else "?"
     say(f"Holding SSE connections: node-1 of the cluster (streams of one tracker) with")
-    say(f"{held:,} of {sse[0][3]} streams open ({errors} failed): peak RSS {peak:.1f} MiB"
+    before = int(sse[0][7]) / 1024 if len(sse[0]) > 7 else None
+    grown = f" ({before:.1f} MiB just before they opened, so {peak - before:.1f} MiB for the streams)" if before else ""
+    say(f"{held:,} of {sse[0][3]} streams open ({errors} failed): peak RSS {peak:.1f} MiB{grown}"
         + (f"; time to the snapshot event p50 {conn['p50_ms']:.1f} ms, p99 {conn['p99_ms']:.1f} ms." if conn else "."))
     say("")
     targets.append(("10,000 SSE connections ≤ 150 MB RSS", f"{peak:.1f} MiB with {held:,} open", peak <= 150 and held >= 10000))

@@ -1,7 +1,6 @@
 //! [`Cluster`]: the handle the API uses to write through Raft and to read linearizably.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,8 @@ use crate::state_machine::{StateMachineStore, StateReader};
 use crate::types::{Command, Node, NodeId, Raft, Response, TypeConfig};
 use crate::{batch, ClusterError, Result};
 
-/// The least log growth that asks for a snapshot (see [`Cluster::snapshot_if_log_grew`]).
-pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 8 * 1024 * 1024;
+/// The log growth that asks for a snapshot (see [`Cluster::snapshot_if_log_grew`]).
+pub const SNAPSHOT_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How a node takes part in Raft. Timings are settings so tests can run a cluster fast.
 #[derive(Debug, Clone)]
@@ -101,8 +100,6 @@ struct Inner {
     batches: tokio::sync::mpsc::UnboundedSender<batch::Pending>,
     /// Session and progress writes a follower hands to the leader, in batches.
     forwards: tokio::sync::mpsc::UnboundedSender<batch::Forward>,
-    /// The size of the last snapshot (see [`Cluster::snapshot_if_log_grew`]).
-    snapshot_bytes: Arc<AtomicU64>,
     /// The log's appended bytes and snapshot index when a snapshot was last asked for or
     /// seen.
     snapshot_mark: std::sync::Mutex<(u64, Option<u64>)>,
@@ -138,7 +135,6 @@ impl Cluster {
         let log_store =
             LogStore::<TypeConfig>::open(engine)?.with_purge_guard(state_machine.applied_index());
         let reader = state_machine.reader();
-        let snapshot_bytes = state_machine.snapshot_bytes();
         let network = Network::new(options.client.clone());
         let raft =
             Raft::new(options.node_id, Arc::new(config), network, log_store.clone(), state_machine)
@@ -158,7 +154,6 @@ impl Cluster {
             index_rounds,
             batches,
             forwards,
-            snapshot_bytes,
             snapshot_mark: std::sync::Mutex::new((0, None)),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -371,10 +366,10 @@ impl Cluster {
         read_index(&self.inner).await
     }
 
-    /// Asks Raft for a snapshot once the log has grown, since the last snapshot, by more
-    /// than that snapshot's size (and at least [`SNAPSHOT_LOG_BYTES_MIN`]). The entry-count
-    /// policy alone lets the log of large batched entries grow far past the state it
-    /// rebuilds; this bounds the log by the state, at most doubling what is written.
+    /// Asks Raft for a snapshot once the log has grown by [`SNAPSHOT_LOG_BYTES`] since the
+    /// last one. The entry-count policy alone lets the log of large batched entries grow
+    /// far past the state it rebuilds; a snapshot only records its point (the applied
+    /// state is the snapshot), so taking them often costs little.
     pub async fn snapshot_if_log_grew(&self) {
         let appended = self.inner.log_store.appended_bytes();
         let snapshot_index = self.inner.raft.metrics().borrow().snapshot.map(|id| id.index);
@@ -384,16 +379,17 @@ impl Cluster {
                 // A snapshot was taken (by the entry-count policy, or as asked): count anew.
                 *mark = (appended, snapshot_index);
             }
-            let threshold =
-                self.inner.snapshot_bytes.load(Ordering::Relaxed).max(SNAPSHOT_LOG_BYTES_MIN);
-            let due = appended.saturating_sub(mark.0) >= threshold;
+            let due = appended.saturating_sub(mark.0) >= SNAPSHOT_LOG_BYTES;
             if due {
                 mark.0 = appended;
             }
             due
         };
         if due {
-            tracing::debug!(appended, "log grew past the snapshot size; asking for a snapshot");
+            tracing::debug!(
+                appended,
+                "log grew past the snapshot threshold; asking for a snapshot"
+            );
             if let Err(error) = self.inner.raft.trigger().snapshot().await {
                 tracing::warn!(%error, "could not ask raft for a snapshot");
             }

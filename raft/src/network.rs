@@ -131,7 +131,14 @@ impl InternalClient {
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), CallError> {
         let call_error = |error: reqwest::Error| {
-            let reason = error.to_string();
+            // reqwest says "error sending request" for a refused connection and a timeout
+            // alike: the causes tell them apart.
+            let mut reason = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                reason.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             if error.is_connect() {
                 CallError::Unreachable { addr: addr.to_string(), reason }
             } else {

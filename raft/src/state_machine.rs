@@ -33,7 +33,8 @@ const INSTALLING_KEY: &[u8] = b"installing";
 type StorageError = openraft::StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, Node>;
 
-/// A snapshot as kept on disk: openraft's metadata and the encoded state pairs.
+/// A snapshot as kept on disk: openraft's metadata, and the encoded state pairs only
+/// while a received snapshot is being installed (see [`StateMachineStore`]).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Node>,
@@ -127,8 +128,8 @@ pub struct StateMachineStore {
     applied: watch::Sender<u64>,
     /// Orders the writes of the current snapshot by snapshot builds and installs.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The size of the last snapshot built or installed here (0: none yet).
-    snapshot_bytes: Arc<AtomicU64>,
+    /// False until openraft's start-up has read the current snapshot's metadata.
+    started: bool,
 }
 
 impl StateMachineStore {
@@ -148,7 +149,7 @@ impl StateMachineStore {
             gate: Arc::default(),
             applied: watch::Sender::new(0),
             snapshot_lock: Arc::default(),
-            snapshot_bytes: Arc::default(),
+            started: false,
         };
         let interrupted_install = store
             .snapshots
@@ -183,12 +184,6 @@ impl StateMachineStore {
     /// Returns the applied index plus one (0: nothing applied), updated on every apply.
     pub fn applied_index(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
-    }
-
-    /// Returns the size of the last snapshot built or installed by this process, kept
-    /// up to date (0 until the first one).
-    pub fn snapshot_bytes(&self) -> Arc<AtomicU64> {
-        self.snapshot_bytes.clone()
     }
 
     fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
@@ -262,9 +257,12 @@ impl StateMachineStore {
         batch.put(keys::NUM_SESSIONS, codec::encode(&num_sessions));
         self.state.apply(batch).map_err(write_err)?;
         drop(_replacing);
+        // Installed: the state holds the data now; keep only the snapshot's metadata.
+        let installed = StoredSnapshot { meta: stored.meta.clone(), data: Vec::new() };
         self.snapshots
             .apply({
                 let mut done = WriteBatch::new();
+                done.put(CURRENT_SNAPSHOT_KEY, codec::encode(&installed));
                 done.delete(INSTALLING_KEY);
                 done
             })
@@ -462,30 +460,21 @@ impl Change {
     }
 }
 
-/// Builds a snapshot from a copy of the state taken between two applies.
+/// Records a snapshot point: the applied state itself is the snapshot (its data is
+/// encoded from the state when a follower needs it), so building one writes only its
+/// metadata and makes the state durable before openraft purges the log behind it.
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
-    snapshot_bytes: Arc<AtomicU64>,
     snapshots: Arc<dyn Tree>,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
-    pairs: Vec<KeyValue>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = codec::encode(&self.pairs);
-        let snapshot_id = match self.last_applied {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, unix_nanos()),
-            None => format!("empty-{}", unix_nanos()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let meta = snapshot_meta(self.last_applied, &self.membership);
+        let stored = StoredSnapshot { meta: meta.clone(), data: Vec::new() };
         let signature = Some(meta.signature());
         {
             // A build runs beside the state machine task, so an install of a newer
@@ -504,17 +493,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
             }
         }
-        // openraft purges the log behind this snapshot next: make it and the state it
-        // covers durable first.
+        // openraft purges the log behind this snapshot next: make the state it covers
+        // durable first.
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush())
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        tracing::info!(snapshot = %meta, bytes = stored.data.len(), "built raft snapshot");
-        self.snapshot_bytes.store(stored.data.len() as u64, Ordering::Relaxed);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        tracing::info!(snapshot = %meta, "raft snapshot point recorded");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
+}
+
+/// Returns the metadata of a snapshot of the state at `last_applied`, with a new id.
+fn snapshot_meta(
+    last_applied: Option<LogId<NodeId>>,
+    membership: &Membership,
+) -> SnapshotMeta<NodeId, Node> {
+    let snapshot_id = match last_applied {
+        Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, unix_nanos()),
+        None => format!("empty-{}", unix_nanos()),
+    };
+    SnapshotMeta { last_log_id: last_applied, last_membership: membership.clone(), snapshot_id }
 }
 
 fn unix_nanos() -> u128 {
@@ -540,31 +540,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The copy is taken here, between applies, so the snapshot is exactly the state
-        // at `last_applied`; building and saving it then runs beside further applies.
-        let state = self.state.clone();
-        let copy = tokio::task::spawn_blocking(move || {
-            state
-                .range(Bound::Unbounded, Bound::Unbounded)
-                .filter(|pair| !matches!(pair, Ok((key, _)) if key.starts_with(keys::META_PREFIX)))
-                .collect::<shoal_storage::Result<Vec<KeyValue>>>()
-        })
-        .await;
-        let pairs = match copy {
-            Ok(Ok(pairs)) => pairs,
-            // openraft gives the builder no way to fail here; a failed read surfaces as a
-            // panic in the snapshot task, which openraft reports as fatal.
-            Ok(Err(error)) => panic!("reading the state for a snapshot failed: {error}"),
-            Err(error) => panic!("reading the state for a snapshot failed: {error}"),
-        };
         SnapshotBuilder {
             engine: self.engine.clone(),
-            snapshot_bytes: self.snapshot_bytes.clone(),
             snapshots: self.snapshots.clone(),
             snapshot_lock: self.snapshot_lock.clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
-            pairs,
         }
     }
 
@@ -578,7 +559,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        self.snapshot_bytes.store(stored.data.len() as u64, Ordering::Relaxed);
         let signature = Some(meta.signature());
         // Keep the snapshot and mark the install first: if the node crashes while the
         // state is being replaced, the next start finishes the job from the stored copy.
@@ -596,10 +576,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The last snapshot point's metadata, with the state encoded now: the state machine
+    /// task calls this between applies, so the data is exactly the state at
+    /// `last_applied`; when that moved past the recorded point, the snapshot is a newer
+    /// one (new metadata), which a follower installs just as well.
+    ///
+    /// openraft's start-up calls this first and keeps only the metadata: that call gets
+    /// no data, so a start does not encode the whole state for nothing.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_current_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        let first_call = !std::mem::replace(&mut self.started, true);
+        let Some(stored) = self.read_current_snapshot()? else { return Ok(None) };
+        if first_call {
+            return Ok(Some(Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(Cursor::new(Vec::new())),
+            }));
+        }
+        let meta = if stored.meta.last_log_id == self.last_applied {
+            stored.meta
+        } else {
+            snapshot_meta(self.last_applied, &self.membership)
+        };
+        let state = self.state.clone();
+        let copy = tokio::task::spawn_blocking(move || {
+            state
+                .range(Bound::Unbounded, Bound::Unbounded)
+                .filter(|pair| !matches!(pair, Ok((key, _)) if key.starts_with(keys::META_PREFIX)))
+                .collect::<shoal_storage::Result<Vec<KeyValue>>>()
+        })
+        .await;
+        let signature = Some(meta.signature());
+        let pairs = copy
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let data = codec::encode(&pairs);
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

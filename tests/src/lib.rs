@@ -358,9 +358,22 @@ impl TestCluster {
                 Ok(agree && ready && leader.is_some())
             }
         })
-        .await?;
+        .await
+        .with_context(|| self.log_tails(indexes))?;
         let leader = *found.lock().unwrap();
         leader.context("the leader is not among the nodes asked")
+    }
+
+    /// Returns the last lines each of `indexes` logged, to tell why a wait failed.
+    fn log_tails(&self, indexes: &[usize]) -> String {
+        let mut tails = String::from("last log lines of the nodes:");
+        for index in indexes {
+            let log = self.nodes[*index].log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            tails.push_str(&format!("\n--- node {index}:\n{tail}"));
+        }
+        tails
     }
 
     /// Returns node `index`'s Raft id.
