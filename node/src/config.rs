@@ -267,6 +267,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_name = "MS")]
     pub request_timeout_ms: u64,
 
+    /// Confirm the leader with a quorum round for reads instead of its lease (which relies
+    /// on the nodes' clocks running at about the same rate); reads get slower
+    #[arg(long, env = "SHOAL_NO_READ_LEASE")]
+    pub no_read_lease: bool,
+
     /// How often expired entries are removed and session touches are proposed
     #[arg(long, env = "SHOAL_MAINTENANCE_INTERVAL_MS", default_value_t = 1_000, value_name = "MS")]
     pub maintenance_interval_ms: u64,
@@ -312,6 +317,8 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_logs: u64,
     pub request_timeout: Duration,
+    /// Whether the leader answers reads by its lease (half the election timeout).
+    pub read_lease: bool,
     pub maintenance_interval: Duration,
     /// Bytes of the storage engine's page cache.
     pub storage_cache_bytes: u64,
@@ -555,6 +562,7 @@ impl ServeArgs {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_logs: self.snapshot_logs,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            read_lease: !self.no_read_lease,
             maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
             storage_cache_bytes: self.storage_cache_mb.max(1) * 1024 * 1024,
             storage_engine: self.storage_engine,

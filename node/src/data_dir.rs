@@ -1,4 +1,5 @@
-//! The node's data directory: the storage engine and the identity kept beside it.
+//! The node's data directory: the storage engine, the Raft log and the identity kept
+//! beside them.
 
 use std::fs;
 use std::io;
@@ -13,6 +14,13 @@ const NODE_ID_FILE: &str = "node_id";
 const ENGINE_DIRS: [(StorageEngine, &str); 2] =
     [(StorageEngine::Sled, "db"), (StorageEngine::Redb, "redb")];
 const SIGNING_KEY_FILE: &str = "signing.key";
+/// Where the Raft log's segment files are kept.
+const RAFT_LOG_DIR: &str = "raft-log";
+
+/// Returns the directory of the Raft log inside the data dir.
+pub fn raft_log(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(RAFT_LOG_DIR)
+}
 
 /// Creates the data directory if needed and returns the path of `engine`'s files inside
 /// it; refuses a data dir another engine wrote, whose state `engine` would not see.

@@ -101,9 +101,12 @@ impl Node {
             snapshot_after_logs: config.snapshot_logs,
             logs_kept_after_snapshot: config.snapshot_logs.min(200),
             request_timeout: config.request_timeout,
+            read_lease: config.read_lease.then_some(config.election_timeout / 2),
             client,
         };
-        let cluster = Cluster::start(engine.clone(), options).await.context("cannot start raft")?;
+        let log_dir = data_dir::raft_log(&config.data_dir);
+        let cluster =
+            Cluster::start(engine.clone(), &log_dir, options).await.context("cannot start raft")?;
         let peers: Vec<String> =
             config.peers.iter().filter(|peer| **peer != advertise_addr).cloned().collect();
         let bootstrap_expect = config

@@ -1,14 +1,17 @@
 //! [`Cluster`]: the handle the API uses to write through Raft and to read linearizably.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
 use tokio::sync::oneshot;
 
+use crate::lease::{LeaderView, Leases};
 use crate::network::{
     CallError, InternalClient, Network, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
 };
@@ -36,6 +39,10 @@ pub struct ClusterOptions {
     pub logs_kept_after_snapshot: u64,
     /// How long a write or a read barrier may take before the API answers 503.
     pub request_timeout: Duration,
+    /// How long a quorum's acknowledgement lets the leader answer reads without a new
+    /// quorum round (at most half the shortest election timeout); `None`: a round for
+    /// every read (shared by concurrent ones). See `lease.rs`.
+    pub read_lease: Option<Duration>,
     /// Signed calls to other nodes (Raft RPCs, forwarded writes, read indexes).
     pub client: InternalClient,
 }
@@ -91,6 +98,7 @@ struct Inner {
     options: ClusterOptions,
     reader: StateReader,
     log_store: LogStore<TypeConfig>,
+    leases: Arc<Leases>,
     /// Linearizable reads of this node waiting for a read barrier.
     read_rounds: Rounds<Result<()>>,
     /// Callers of the leader's quorum confirmation (its own read barriers and followers'
@@ -115,7 +123,13 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Starts the Raft node on `engine`, recovering whatever state the engine holds.
-    pub async fn start(engine: Arc<dyn Engine>, options: ClusterOptions) -> Result<Self> {
+    /// The Raft log lives in `log_dir`, beside the engine (a log an older build kept in
+    /// the engine is moved there first).
+    pub async fn start(
+        engine: Arc<dyn Engine>,
+        log_dir: &Path,
+        options: ClusterOptions,
+    ) -> Result<Self> {
         let (election_min, election_max) = options.election_timeout;
         let config = openraft::Config {
             cluster_name: "shoal".to_string(),
@@ -132,10 +146,18 @@ impl Cluster {
         let state_machine = StateMachineStore::open(engine.clone())
             .await
             .map_err(|error| ClusterError::Raft(error.to_string()))?;
-        let log_store =
-            LogStore::<TypeConfig>::open(engine)?.with_purge_guard(state_machine.applied_index());
+        let log_store = {
+            let (log_dir, engine) = (log_dir.to_path_buf(), engine.clone());
+            tokio::task::spawn_blocking(move || {
+                LogStore::<TypeConfig>::open(&log_dir, Some(&*engine))
+            })
+            .await
+            .map_err(|error| ClusterError::Raft(error.to_string()))??
+        }
+        .with_purge_guard(state_machine.durable_index());
         let reader = state_machine.reader();
-        let network = Network::new(options.client.clone());
+        let leases = Arc::new(Leases::new(options.read_lease, election_max));
+        let network = Network::new(options.client.clone(), leases.clone());
         let raft =
             Raft::new(options.node_id, Arc::new(config), network, log_store.clone(), state_machine)
                 .await
@@ -150,6 +172,7 @@ impl Cluster {
             options,
             reader,
             log_store,
+            leases,
             read_rounds,
             index_rounds,
             batches,
@@ -360,10 +383,25 @@ impl Cluster {
     }
 
     /// Returns the index a linearizable read must wait for, as the leader sees it: the
-    /// leader confirms its leadership with a quorum first. Followers call this on the
-    /// leader through `/internal/raft/read-index`.
+    /// leader confirms its leadership by its lease or with a quorum first. Followers call
+    /// this on the leader through `/internal/raft/read-index`.
     pub async fn read_index(&self) -> Result<Option<u64>> {
         read_index(&self.inner).await
+    }
+
+    /// Answers a candidate's vote request. With leases on, a node that started less than
+    /// the followers' lease ago refuses: it cannot know whether it acknowledged a leader
+    /// whose lease still counts on it.
+    pub async fn vote(
+        &self,
+        request: VoteRequest<NodeId>,
+    ) -> std::result::Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+        if self.inner.leases.refuses_votes() {
+            let vote = self.inner.raft.metrics().borrow().vote;
+            tracing::debug!(candidate = %request.vote, "vote refused: this node started too recently");
+            return Ok(VoteResponse::new(vote, None, false));
+        }
+        self.inner.raft.vote(request).await
     }
 
     /// Asks Raft for a snapshot once the log has grown by [`SNAPSHOT_LOG_BYTES`] since the
@@ -537,10 +575,19 @@ async fn read_index(inner: &Arc<Inner>) -> Result<Option<u64>> {
     .await
 }
 
-/// Confirms leadership with a quorum and waits until the read index is applied here;
-/// returns the read index.
+/// Confirms leadership by the lease, else with a quorum, and waits until the read index
+/// is applied here; returns the read index.
 async fn linearize_locally(inner: &Inner) -> Result<Option<u64>> {
     let timeout = inner.options.request_timeout;
+    if let Some(index) = lease_read_index(inner).await {
+        inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "lease read")
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?;
+        return Ok(Some(index));
+    }
     match tokio::time::timeout(timeout, inner.raft.ensure_linearizable()).await {
         Err(_) => Err(ClusterError::Timeout(timeout)),
         Ok(Ok(read_log_id)) => Ok(read_log_id.map(|log_id| log_id.index)),
@@ -552,6 +599,34 @@ async fn linearize_locally(inner: &Inner) -> Result<Option<u64>> {
         }
         Ok(Err(RaftError::Fatal(fatal))) => Err(ClusterError::Raft(fatal.to_string())),
     }
+}
+
+/// Returns the committed index if this node leads and its lease holds now. The leader's
+/// side is read inside openraft's core, so a leader that stepped down has no lease.
+async fn lease_read_index(inner: &Inner) -> Option<u64> {
+    if !inner.leases.enabled() {
+        return None;
+    }
+    let me = inner.options.node_id;
+    let view = inner
+        .raft
+        .with_raft_state(move |state| {
+            let vote = *state.vote_ref();
+            let leads = state.server_state == ServerState::Leader
+                && vote.is_committed()
+                && vote.leader_id().voted_for() == Some(me);
+            leads.then(|| LeaderView {
+                vote,
+                voters: state.membership_state.effective().membership().get_joint_config().clone(),
+                committed_in_term: state
+                    .committed
+                    .filter(|committed| committed.leader_id == *vote.leader_id())
+                    .map(|committed| committed.index),
+            })
+        })
+        .await
+        .ok()??;
+    inner.leases.holds(me, &view, std::time::Instant::now())
 }
 
 /// Makes reads on this node linearizable: on the leader by a quorum round, on a follower

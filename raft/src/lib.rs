@@ -7,6 +7,7 @@ mod blob;
 mod cluster;
 mod error;
 mod keys;
+mod lease;
 mod maintenance;
 mod merge_patch;
 pub mod network;

@@ -1,7 +1,8 @@
 //! Node-to-node calls over HTTP: postcard bodies POSTed to `/internal/*` of the target
 //! node, signed with the cluster secret; openraft's network on top of them.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -16,6 +17,7 @@ use serde::Serialize;
 use shoal_storage::codec;
 
 use crate::auth::{ClusterSecret, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::lease::Leases;
 use crate::types::{Node, NodeId, TypeConfig};
 use crate::unix_millis;
 
@@ -181,12 +183,14 @@ impl InternalClient {
 #[derive(Debug, Clone)]
 pub struct Network {
     client: InternalClient,
+    leases: Arc<Leases>,
 }
 
 impl Network {
-    /// Returns the Raft network over `client`.
-    pub fn new(client: InternalClient) -> Self {
-        Self { client }
+    /// Returns the Raft network over `client`, recording followers' acknowledgements in
+    /// `leases`.
+    pub(crate) fn new(client: InternalClient, leases: Arc<Leases>) -> Self {
+        Self { client, leases }
     }
 }
 
@@ -194,7 +198,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        Connection { client: self.client.clone(), target, addr: node.addr.clone() }
+        Connection {
+            client: self.client.clone(),
+            leases: self.leases.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
     }
 }
 
@@ -202,6 +211,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct Connection {
     client: InternalClient,
+    leases: Arc<Leases>,
     target: NodeId,
     addr: String,
 }
@@ -238,7 +248,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(APPEND_PATH, &rpc, &option).await
+        let (vote, sent_at) = (rpc.vote, Instant::now());
+        let response = self.call(APPEND_PATH, &rpc, &option).await?;
+        // Any answer but a higher vote means the follower accepted this leader's vote
+        // when the request arrived (after `sent_at`): the stuff of the leader's lease.
+        if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.leases.acknowledged(self.target, &vote, sent_at);
+        }
+        Ok(response)
     }
 
     async fn install_snapshot(

@@ -2,7 +2,13 @@
 //!
 //! Contract: applying the same entries in the same order gives the same state on every
 //! replica. Each entry is applied as one atomic batch together with `last_applied`, so
-//! after a crash the tree is at some entry boundary and openraft re-applies the rest.
+//! after a crash the tree is at some entry boundary and openraft re-applies the rest
+//! from the log.
+//!
+//! Durability: applies are committed without fsync; about once a second
+//! ([`DURABLE_INTERVAL`]) an apply is committed durably, and so is every snapshot point.
+//! The durable applied index ([`StateMachineStore::durable_index`]) tells the log store
+//! how far it may purge.
 
 use std::collections::BTreeSet;
 use std::io::Cursor;
@@ -29,6 +35,8 @@ const SNAPSHOT_TREE: &str = "snapshot";
 const CURRENT_SNAPSHOT_KEY: &[u8] = b"current";
 /// Present while a received snapshot is being installed; found at start, the install is redone.
 const INSTALLING_KEY: &[u8] = b"installing";
+/// How often an apply is committed durably (with everything applied before it).
+pub const DURABLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 type StorageError = openraft::StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, Node>;
@@ -124,8 +132,12 @@ pub struct StateMachineStore {
     membership: Membership,
     num_sessions: Arc<AtomicU64>,
     gate: Arc<RwLock<()>>,
-    /// The applied index plus one (0: nothing applied), for the log store's purge guard.
+    /// The applied index plus one (0: nothing applied).
     applied: watch::Sender<u64>,
+    /// The applied index plus one that is durable, for the log store's purge guard.
+    durable: Arc<watch::Sender<u64>>,
+    /// When an apply was last committed durably.
+    durable_at: std::time::Instant,
     /// Orders the writes of the current snapshot by snapshot builds and installs.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// False until openraft's start-up has read the current snapshot's metadata.
@@ -148,6 +160,8 @@ impl StateMachineStore {
             num_sessions: Arc::new(AtomicU64::new(0)),
             gate: Arc::default(),
             applied: watch::Sender::new(0),
+            durable: Arc::new(watch::Sender::new(0)),
+            durable_at: std::time::Instant::now(),
             snapshot_lock: Arc::default(),
             started: false,
         };
@@ -169,6 +183,10 @@ impl StateMachineStore {
             store.restore(&stored).await?;
         }
         store.load_meta()?;
+        // What the engine holds now may be only in the page cache (a clean stop writes it
+        // without fsync): make it durable, so the durable index starts at what was loaded.
+        store.flush().await?;
+        store.mark_durable(store.last_applied);
         Ok(store)
     }
 
@@ -184,6 +202,17 @@ impl StateMachineStore {
     /// Returns the applied index plus one (0: nothing applied), updated on every apply.
     pub fn applied_index(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Returns the applied index plus one that is durable (0: none): a crash leaves the
+    /// state at that point or later.
+    pub fn durable_index(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    fn mark_durable(&mut self, applied: Option<LogId<NodeId>>) {
+        raise(&self.durable, applied);
+        self.durable_at = std::time::Instant::now();
     }
 
     fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
@@ -269,12 +298,13 @@ impl StateMachineStore {
             .map_err(write_err)?;
         self.flush().await?;
         self.set_last_applied(stored.meta.last_log_id);
+        self.mark_durable(stored.meta.last_log_id);
         self.membership = stored.meta.last_membership.clone();
         self.num_sessions.store(num_sessions, Ordering::Relaxed);
         Ok(())
     }
 
-    fn apply_entry(&mut self, entry: Entry) -> Result<Response, StorageError> {
+    async fn apply_entry(&mut self, entry: Entry) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
         let mut change = Change::default();
         let response = match entry.payload {
@@ -297,7 +327,16 @@ impl StateMachineStore {
         } else {
             None
         };
-        self.state.apply(change.batch).map_err(|e| StorageIOError::apply(log_id, &e))?;
+        if self.durable_at.elapsed() >= DURABLE_INTERVAL {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || state.apply_durably(change.batch))
+                .await
+                .map_err(|e| StorageIOError::apply(log_id, &e))?
+                .map_err(|e| StorageIOError::apply(log_id, &e))?;
+            self.mark_durable(Some(log_id));
+        } else {
+            self.state.apply(change.batch).map_err(|e| StorageIOError::apply(log_id, &e))?;
+        }
         self.set_last_applied(Some(log_id));
         if let Some(count) = num_sessions {
             self.num_sessions.store(count, Ordering::Relaxed);
@@ -465,6 +504,7 @@ impl Change {
 /// metadata and makes the state durable before openraft purges the log behind it.
 pub struct SnapshotBuilder {
     engine: Arc<dyn Engine>,
+    durable: Arc<watch::Sender<u64>>,
     snapshots: Arc<dyn Tree>,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     last_applied: Option<LogId<NodeId>>,
@@ -500,9 +540,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        raise(&self.durable, self.last_applied);
         tracing::info!(snapshot = %meta, "raft snapshot point recorded");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
+}
+
+/// Raises the durable index to cover `applied` (it never goes back).
+fn raise(durable: &watch::Sender<u64>, applied: Option<LogId<NodeId>>) {
+    let index = applied.map_or(0, |log_id| log_id.index + 1);
+    durable.send_if_modified(|durable| {
+        let raised = index > *durable;
+        *durable = (*durable).max(index);
+        raised
+    });
 }
 
 /// Returns the metadata of a snapshot of the state at `last_applied`, with a new id.
@@ -536,12 +587,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        entries.into_iter().map(|entry| self.apply_entry(entry)).collect()
+        let mut responses = Vec::new();
+        for entry in entries {
+            responses.push(self.apply_entry(entry).await?);
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             engine: self.engine.clone(),
+            durable: self.durable.clone(),
             snapshots: self.snapshots.clone(),
             snapshot_lock: self.snapshot_lock.clone(),
             last_applied: self.last_applied,

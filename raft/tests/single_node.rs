@@ -21,6 +21,7 @@ fn options() -> ClusterOptions {
         snapshot_after_logs: 50,
         logs_kept_after_snapshot: 10,
         request_timeout: Duration::from_secs(5),
+        read_lease: Some(Duration::from_millis(75)),
         client: InternalClient::new(ClusterSecret::random(), Duration::from_secs(1)),
     }
 }
@@ -30,7 +31,7 @@ async fn start(path: &Path) -> (Cluster, Arc<dyn Engine>) {
     // tasks have seen the shutdown; wait for that rather than fail.
     let started = Instant::now();
     let engine: Arc<dyn Engine> = loop {
-        match SledEngine::open(path) {
+        match SledEngine::open(&path.join("db")) {
             Ok(engine) => break Arc::new(engine),
             Err(error) if started.elapsed() < Duration::from_secs(10) => {
                 tracing::debug!(%error, "database still locked");
@@ -39,7 +40,7 @@ async fn start(path: &Path) -> (Cluster, Arc<dyn Engine>) {
             Err(error) => panic!("cannot reopen the database: {error}"),
         }
     };
-    let cluster = Cluster::start(engine.clone(), options()).await.unwrap();
+    let cluster = Cluster::start(engine.clone(), &path.join("raft-log"), options()).await.unwrap();
     if !cluster.is_initialized().await.unwrap() {
         let members = BTreeMap::from([(1, Node { addr: "127.0.0.1:1".to_string() })]);
         cluster.initialize(members).await.unwrap();

@@ -18,7 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore<TypeConfig>, StateMachineStore, TempDir> 
     ) -> Result<(TempDir, LogStore<TypeConfig>, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let engine = (self.0)(&dir);
-        let log_store = LogStore::open(engine.clone()).expect("log store opens");
+        let log_store =
+            LogStore::open(&dir.path().join("raft-log"), Some(&*engine)).expect("log store opens");
         let state_machine = StateMachineStore::open(engine).await?;
         Ok((dir, log_store, state_machine))
     }

@@ -1,6 +1,6 @@
-//! shoal's storage layer: an [`Engine`] of ordered key-value trees (sled by default),
-//! the versioned record [`codec`], openraft's log store built on the engine, and the
-//! [`BlobStore`] trait for reports with its Redis and S3 adapters.
+//! shoal's storage layer: an [`Engine`] of ordered key-value trees (redb by default, or
+//! sled), the versioned record [`codec`], openraft's log store on a segment log of its
+//! own, and the [`BlobStore`] trait for reports with its Redis and S3 adapters.
 //!
 //! Nothing above this crate touches sled directly, so the engine can be swapped if
 //! measurements demand it.
@@ -12,6 +12,7 @@ mod error;
 mod log_store;
 mod redis;
 mod s3;
+mod wal;
 
 pub use blob::{Blob, BlobError, BlobStore, BoxFuture};
 pub use engine::{Engine, KeyValue, RedbEngine, SledEngine, Tree, WriteBatch, WriteOp};
@@ -19,3 +20,4 @@ pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use redis::{Redis, RedisBlobStore, RedisMessage, RedisResult};
 pub use s3::{S3BlobStore, S3Settings};
+pub use wal::{Recovery, Wal};

@@ -1,4 +1,4 @@
-//! openraft's [`RaftLogStorage`] on an [`Engine`].
+//! openraft's [`RaftLogStorage`] on a [`Wal`] of its own directory.
 //!
 //! Contract: the vote is fsynced before `save_vote` returns, and appended entries are
 //! fsynced before openraft's [`LogFlushed`] callback fires. (openraft 0.9 waits for that
@@ -6,40 +6,58 @@
 //! every client write queued during one fsync as one call.)
 //!
 //! Purging never runs ahead of the state machine: with a purge guard set, `purge(upto)`
-//! first waits until the state machine has applied `upto`, so that a crash can never
-//! leave a state machine behind the start of the log.
+//! first waits until the state machine's state at `upto` or later is durable, so that a
+//! crash can never leave a state machine behind the start of the log.
 
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogId, RaftTypeConfig, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{codec, Engine, Tree, WriteBatch};
+use crate::wal::Wal;
+use crate::{codec, Engine, WriteBatch};
 
-const LOG_TREE: &str = "raft_log";
-const META_TREE: &str = "raft_meta";
-const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
-const LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// Where builds before the segment log kept the log and the vote, in the engine.
+const LEGACY_LOG_TREE: &str = "raft_log";
+const LEGACY_META_TREE: &str = "raft_meta";
+const LEGACY_VOTE_KEY: &[u8] = b"vote";
+const LEGACY_COMMITTED_KEY: &[u8] = b"committed";
+const LEGACY_LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// Entries copied per append while importing a legacy log.
+const IMPORT_CHUNK: usize = 1024;
 /// How long `purge` waits for the state machine before leaving the entries in place.
 const PURGE_GUARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type RaftStorageError<C> = openraft::StorageError<<C as RaftTypeConfig>::NodeId>;
 
-/// The Raft log and vote, stored in two trees of an [`Engine`].
+/// What the log keeps durably beside its entries.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Meta<C: RaftTypeConfig> {
+    vote: Option<Vote<C::NodeId>>,
+    last_purged: Option<LogId<C::NodeId>>,
+}
+
+impl<C: RaftTypeConfig> Clone for Meta<C> {
+    fn clone(&self) -> Self {
+        Self { vote: self.vote.clone(), last_purged: self.last_purged.clone() }
+    }
+}
+
+/// The Raft log and vote, in a [`Wal`].
 pub struct LogStore<C: RaftTypeConfig> {
-    engine: Arc<dyn Engine>,
-    log: Arc<dyn Tree>,
-    meta: Arc<dyn Tree>,
-    /// The state machine's applied index plus one; `purge` waits on it.
+    wal: Arc<Wal>,
+    meta: Arc<Mutex<Meta<C>>>,
+    /// The state machine's durable applied index plus one; `purge` waits on it.
     purge_guard: Option<watch::Receiver<u64>>,
     /// The committed index plus one, 0 while nothing is committed; for metrics.
     committed: Arc<AtomicU64>,
@@ -51,8 +69,7 @@ pub struct LogStore<C: RaftTypeConfig> {
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            engine: self.engine.clone(),
-            log: self.log.clone(),
+            wal: self.wal.clone(),
             meta: self.meta.clone(),
             purge_guard: self.purge_guard.clone(),
             committed: self.committed.clone(),
@@ -64,7 +81,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 
 impl<C: RaftTypeConfig> Debug for LogStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("engine", &self.engine).finish_non_exhaustive()
+        f.debug_struct("LogStore").field("wal", &self.wal).finish_non_exhaustive()
     }
 }
 
@@ -73,14 +90,26 @@ where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
 {
-    /// Opens the log store on `engine`.
-    pub fn open(engine: Arc<dyn Engine>) -> crate::Result<Self> {
-        let log = engine.open_tree(LOG_TREE)?;
-        let meta = engine.open_tree(META_TREE)?;
+    /// Opens the log store in `dir`. A log that an older build kept in `legacy` (the
+    /// engine's `raft_log` and `raft_meta` trees) is moved into `dir` first.
+    pub fn open(dir: &Path, legacy: Option<&dyn Engine>) -> crate::Result<Self> {
+        if let Some(engine) = legacy {
+            import_legacy_log::<C>(engine, dir)?;
+        }
+        let (wal, recovery) = Wal::open(dir)?;
+        if recovery.torn_bytes > 0 {
+            tracing::warn!(
+                torn_bytes = recovery.torn_bytes,
+                "the raft log ended in an unfinished append, which was dropped"
+            );
+        }
+        let meta = match wal.read_meta()? {
+            Some(bytes) => codec::decode(&bytes, "raft log meta")?,
+            None => Meta { vote: None, last_purged: None },
+        };
         Ok(Self {
-            engine,
-            log,
-            meta,
+            wal: Arc::new(wal),
+            meta: Arc::new(Mutex::new(meta)),
             purge_guard: None,
             committed: Arc::default(),
             appended: Arc::default(),
@@ -88,12 +117,10 @@ where
         })
     }
 
-    /// Makes `purge(upto)` wait until `applied` (the state machine's applied index plus
-    /// one, in the same engine) exceeds `upto`. Both live in one engine whose writes
-    /// become durable in order, so the purge can never be durable before the state it
-    /// discards the log of.
-    pub fn with_purge_guard(mut self, applied: watch::Receiver<u64>) -> Self {
-        self.purge_guard = Some(applied);
+    /// Makes `purge(upto)` wait until `durable` (the state machine's durable applied
+    /// index plus one) exceeds `upto`.
+    pub fn with_purge_guard(mut self, durable: watch::Receiver<u64>) -> Self {
+        self.purge_guard = Some(durable);
         self
     }
 
@@ -107,40 +134,115 @@ where
         self.appended.load(Ordering::Relaxed)
     }
 
-    fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-    ) -> crate::Result<Option<T>> {
-        self.meta.get(key)?.map(|bytes| codec::decode(&bytes, what)).transpose()
+    /// Returns the bytes the log's files hold.
+    pub fn size_on_disk(&self) -> u64 {
+        self.wal.size_on_disk()
     }
 
-    async fn flush(&self) -> crate::Result<()> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.flush())
-            .await
-            .map_err(|join_error| io::Error::other(join_error.to_string()))?
+    fn meta(&self) -> Meta<C> {
+        self.meta.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
-}
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn key_bound(bound: Bound<&u64>) -> Bound<[u8; 8]> {
-    match bound {
-        Bound::Included(index) => Bound::Included(index_key(*index)),
-        Bound::Excluded(index) => Bound::Excluded(index_key(*index)),
-        Bound::Unbounded => Bound::Unbounded,
+    /// Writes the metadata changed by `change` durably, then keeps it.
+    async fn update_meta(&self, change: impl FnOnce(&mut Meta<C>)) -> crate::Result<()> {
+        let mut meta = self.meta();
+        change(&mut meta);
+        let bytes = codec::encode(&meta);
+        let wal = self.wal.clone();
+        blocking(move || wal.write_meta(&bytes)).await?;
+        *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = meta;
+        Ok(())
     }
 }
 
-fn as_slice(bound: &Bound<[u8; 8]>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key.as_slice()),
-        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
+/// Runs `work` on the blocking threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join_error| Err(io::Error::other(join_error.to_string()).into()))
+}
+
+/// Moves a log kept in the engine by an older build into `dir`: copied into a new
+/// directory, which is renamed into place once complete; the engine's trees are
+/// cleared afterwards. A crash at any point leaves one whole copy to start from.
+fn import_legacy_log<C: RaftTypeConfig>(engine: &dyn Engine, dir: &Path) -> crate::Result<()> {
+    let log = engine.open_tree(LEGACY_LOG_TREE)?;
+    let meta = engine.open_tree(LEGACY_META_TREE)?;
+    let has_legacy = log.last()?.is_some() || meta.get(LEGACY_VOTE_KEY)?.is_some();
+    if !has_legacy {
+        return Ok(());
     }
+    if !dir.exists() {
+        let importing = importing_dir(dir);
+        if importing.exists() {
+            std::fs::remove_dir_all(&importing)?;
+        }
+        let (wal, _) = Wal::open(&importing)?;
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        let mut num_entries = 0_u64;
+        for pair in log.range(Bound::Unbounded, Bound::Unbounded) {
+            let (key, entry) = pair?;
+            let index = u64::from_be_bytes(key.as_slice().try_into().map_err(|_| {
+                crate::StorageError::Corrupt { what: "raft log", reason: "bad key".into() }
+            })?);
+            chunk.push((index, entry));
+            if chunk.len() == IMPORT_CHUNK {
+                num_entries += chunk.len() as u64;
+                wal.append(&chunk)?;
+                chunk.clear();
+            }
+        }
+        num_entries += chunk.len() as u64;
+        wal.append(&chunk)?;
+        let vote =
+            meta.get(LEGACY_VOTE_KEY)?.map(|bytes| codec::decode(&bytes, "vote")).transpose()?;
+        let last_purged = meta
+            .get(LEGACY_LAST_PURGED_KEY)?
+            .map(|bytes| codec::decode(&bytes, "last purged log id"))
+            .transpose()?;
+        let imported = codec::encode(&Meta::<C> { vote, last_purged });
+        wal.write_meta(&imported)?;
+        if let Some(committed) = meta.get(LEGACY_COMMITTED_KEY)? {
+            wal.write_hint(&committed)?;
+        }
+        drop(wal);
+        std::fs::rename(&importing, dir)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        tracing::info!(num_entries, dir = %dir.display(), "moved the raft log out of the database");
+    }
+    // Either just imported or imported before a crash: the engine's copy goes.
+    log.clear()?;
+    let mut clear_meta = WriteBatch::new();
+    for key in [LEGACY_VOTE_KEY, LEGACY_COMMITTED_KEY, LEGACY_LAST_PURGED_KEY] {
+        clear_meta.delete(key);
+    }
+    meta.apply(clear_meta)?;
+    engine.flush()
+}
+
+fn importing_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".importing");
+    dir.with_file_name(name)
+}
+
+/// The indexes `range` asks for, as `from..to`, within what the log holds.
+fn index_range(range: &impl RangeBounds<u64>, held: (u64, u64)) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(index) => *index,
+        Bound::Excluded(index) => index.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(index) => index.saturating_add(1),
+        Bound::Excluded(index) => *index,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from.max(held.0), to.min(held.1.saturating_add(1)))
 }
 
 impl<C> RaftLogReader<C> for LogStore<C>
@@ -148,17 +250,22 @@ where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
 {
+    /// Returns the entries held in `range`; those below the purge point count as gone.
+    ///
+    /// Reads run on the calling thread: they are `pread`s of recently appended entries,
+    /// which the page cache holds.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<C::Entry>, RaftStorageError<C>> {
-        let from = key_bound(range.start_bound());
-        let to = key_bound(range.end_bound());
-        self.log
-            .range(as_slice(&from), as_slice(&to))
-            .map(|pair| {
-                let (_, bytes) = pair.map_err(|e| StorageIOError::read_logs(&e))?;
-                codec::decode(&bytes, "raft log entry")
+        let Some((first, last)) = self.wal.bounds() else { return Ok(Vec::new()) };
+        let after_purge = self.meta().last_purged.map_or(0, |log_id| log_id.index + 1);
+        let (from, to) = index_range(&range, (first.max(after_purge), last));
+        let records = self.wal.read(from, to).map_err(|e| StorageIOError::read_logs(&e))?;
+        records
+            .iter()
+            .map(|(_, bytes)| {
+                codec::decode(bytes, "raft log entry")
                     .map_err(|e| StorageIOError::read_logs(&e).into())
             })
             .collect()
@@ -173,19 +280,19 @@ where
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, RaftStorageError<C>> {
-        let last_purged_log_id: Option<LogId<C::NodeId>> = self
-            .read_meta(LAST_PURGED_KEY, "last purged log id")
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_entry = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_entry_id = match last_entry {
-            Some((_, bytes)) => {
-                let entry: C::Entry = codec::decode(&bytes, "raft log entry")
+        let last_purged_log_id = self.meta().last_purged;
+        let last_entry_id = match self.wal.bounds() {
+            Some((_, last)) => {
+                let records =
+                    self.wal.read(last, last + 1).map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: C::Entry = codec::decode(&records[0].1, "raft log entry")
                     .map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(entry.get_log_id().clone())
             }
             None => None,
         };
-        // Entries left below the purge point by an interrupted purge do not count.
+        // Entries left below the purge point (in a segment that also holds later ones,
+        // or by an interrupted purge) do not count.
         let last_log_id = std::cmp::max(last_entry_id, last_purged_log_id.clone());
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -195,34 +302,32 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), RaftStorageError<C>> {
-        self.meta
-            .insert(VOTE_KEY, &codec::encode(vote))
+        let vote = vote.clone();
+        self.update_meta(|meta| meta.vote = Some(vote))
+            .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, RaftStorageError<C>> {
-        Ok(self.read_meta(VOTE_KEY, "vote").map_err(|e| StorageIOError::read_vote(&e))?)
+        Ok(self.meta().vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), RaftStorageError<C>> {
-        // Not fsynced: openraft only uses it to re-apply sooner after a restart.
+        // Not fsynced (a hint): openraft only uses it to re-apply sooner after a restart,
+        // and an older committed index is still a committed one.
         let stored_index = committed.as_ref().map_or(0, |log_id| log_id.index + 1);
         self.committed.store(stored_index, Ordering::Relaxed);
-        self.meta
-            .insert(COMMITTED_KEY, &codec::encode(&committed))
-            .map_err(|e| StorageIOError::write(&e))?;
+        self.wal.write_hint(&codec::encode(&committed)).map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, RaftStorageError<C>> {
-        let committed: Option<Option<LogId<C::NodeId>>> = self
-            .read_meta(COMMITTED_KEY, "committed log id")
-            .map_err(|e| StorageIOError::read(&e))?;
+        let committed: Option<Option<LogId<C::NodeId>>> =
+            self.wal.read_hint().and_then(|bytes| codec::decode(&bytes, "committed log id").ok());
         Ok(committed.flatten())
     }
 
@@ -235,63 +340,56 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::new();
-        let mut bytes = 0;
-        for entry in entries {
-            let encoded = codec::encode(&entry);
-            bytes += encoded.len() as u64;
-            batch.put(index_key(entry.get_log_id().index).to_vec(), encoded);
-        }
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| (entry.get_log_id().index, codec::encode(&entry)))
+            .collect();
+        let bytes: u64 = records.iter().map(|(_, encoded)| encoded.len() as u64).sum();
         self.appended.fetch_add(bytes, Ordering::Relaxed);
-        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.flush().await;
-        if let Err(error) = &flushed {
-            tracing::error!(%error, "raft log fsync failed");
+        let wal = self.wal.clone();
+        if let Err(error) = blocking(move || wal.append(&records)).await {
+            tracing::error!(%error, "raft log append failed");
+            return Err(StorageIOError::write_logs(&error).into());
         }
-        callback.log_io_completed(flushed.map_err(|error| io::Error::other(error.to_string())));
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), RaftStorageError<C>> {
-        let from = index_key(log_id.index);
-        let mut batch = WriteBatch::new();
-        for pair in self.log.range(Bound::Included(&from), Bound::Unbounded) {
-            let (key, _) = pair.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.delete(key);
-        }
-        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        let wal = self.wal.clone();
+        blocking(move || wal.truncate(log_id.index))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), RaftStorageError<C>> {
-        if let Some(applied) = &mut self.purge_guard {
+        if let Some(durable) = &mut self.purge_guard {
             // A follower installing a snapshot is told to purge before the state machine
             // has finished the install; the install runs in another task and needs
             // nothing from the caller, so waiting here cannot deadlock.
             let waited = tokio::time::timeout(
                 PURGE_GUARD_TIMEOUT,
-                applied.wait_for(|applied| *applied > log_id.index),
+                durable.wait_for(|durable| *durable > log_id.index),
             )
             .await;
             if !matches!(waited, Ok(Ok(_))) {
                 // Keeping entries openraft considers purged is harmless: it never reads
                 // them, and the next purge removes them.
-                tracing::warn!(%log_id, "state machine has not applied the purge point; purge skipped");
+                tracing::warn!(%log_id, "state machine has not made the purge point durable; purge skipped");
                 return Ok(());
             }
         }
-        // Record the purge point first: if a crash interrupts the deletes, the leftover
-        // entries sit below it and are never read.
-        self.meta
-            .insert(LAST_PURGED_KEY, &codec::encode(&log_id))
+        // Record the purge point first: if a crash comes before the files are deleted,
+        // the leftover entries sit below it and are never read.
+        let purged = log_id.clone();
+        self.update_meta(|meta| meta.last_purged = Some(purged))
+            .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        let to = index_key(log_id.index);
-        let mut batch = WriteBatch::new();
-        for pair in self.log.range(Bound::Unbounded, Bound::Included(&to)) {
-            let (key, _) = pair.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.delete(key);
-        }
-        self.log.apply(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        let wal = self.wal.clone();
+        blocking(move || wal.purge(log_id.index))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -304,7 +402,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
-    use crate::SledEngine;
+    use crate::{RedbEngine, SledEngine};
 
     openraft::declare_raft_types!(TestConfig);
 
@@ -312,33 +410,90 @@ mod tests {
         LogId::new(CommittedLeaderId::new(1, 1), index)
     }
 
+    fn blank(index: u64) -> openraft::Entry<TestConfig> {
+        openraft::Entry::<TestConfig> { log_id: log_id(index), payload: EntryPayload::Blank }
+    }
+
     #[tokio::test]
-    async fn purge_waits_for_the_state_machine_to_apply_the_purge_point() {
-        let engine: Arc<dyn Engine> = Arc::new(SledEngine::temporary().unwrap());
-        let (applied, guard) = watch::channel(0_u64);
+    async fn purge_waits_until_the_state_machine_made_the_purge_point_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (durable, guard) = watch::channel(0_u64);
         let mut store =
-            LogStore::<TestConfig>::open(engine.clone()).unwrap().with_purge_guard(guard);
-        let log = engine.open_tree(LOG_TREE).unwrap();
-        for index in 1..=10 {
-            let entry = openraft::Entry::<TestConfig> {
-                log_id: log_id(index),
-                payload: EntryPayload::Blank,
-            };
-            log.insert(&index_key(index), &codec::encode(&entry)).unwrap();
-        }
+            LogStore::<TestConfig>::open(dir.path(), None).unwrap().with_purge_guard(guard);
+        let records: Vec<_> = (1..=10).map(|index| (index, codec::encode(&blank(index)))).collect();
+        store.wal.append(&records).unwrap();
 
         let mut purging = store.clone();
         let purge = tokio::spawn(async move { purging.purge(log_id(5)).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!purge.is_finished(), "purged before the state machine applied index 5");
+        assert!(!purge.is_finished(), "purged before the state machine made index 5 durable");
         assert_eq!(store.try_get_log_entries(1..=10).await.unwrap().len(), 10);
 
-        applied.send_replace(6); // index 5 applied
+        durable.send_replace(6); // index 5 durable
         purge.await.unwrap().unwrap();
         let left = store.try_get_log_entries(0..100).await.unwrap();
         assert_eq!(left.first().map(|entry| entry.log_id.index), Some(6));
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(5)));
         assert_eq!(state.last_log_id, Some(log_id(10)));
+    }
+
+    /// A data dir written by a build that kept the log in the engine starts with the same
+    /// log, vote and purge point, and the engine's copy is gone.
+    fn imports_a_legacy_log(engine: Arc<dyn Engine>, dir: &Path) {
+        let log = engine.open_tree(LEGACY_LOG_TREE).unwrap();
+        let meta = engine.open_tree(LEGACY_META_TREE).unwrap();
+        for index in 3..=2_100_u64 {
+            log.insert(&index.to_be_bytes(), &codec::encode(&blank(index))).unwrap();
+        }
+        let vote = Vote::new_committed(4, 2);
+        meta.insert(LEGACY_VOTE_KEY, &codec::encode(&vote)).unwrap();
+        meta.insert(LEGACY_LAST_PURGED_KEY, &codec::encode(&log_id(2))).unwrap();
+        meta.insert(LEGACY_COMMITTED_KEY, &codec::encode(&Some(log_id(2_000)))).unwrap();
+        engine.flush().unwrap();
+
+        let log_dir = dir.join("raft-log");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let mut store = LogStore::<TestConfig>::open(&log_dir, Some(&*engine)).unwrap();
+            assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+            assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2_000)));
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+            assert_eq!(state.last_log_id, Some(log_id(2_100)));
+            let entries = store.try_get_log_entries(..).await.unwrap();
+            assert_eq!(entries.len(), 2_098);
+            assert_eq!(entries[0].log_id, log_id(3));
+        });
+        assert!(log.last().unwrap().is_none(), "the engine's copy is cleared");
+        assert!(meta.get(LEGACY_VOTE_KEY).unwrap().is_none());
+        // A second start finds nothing left to import and the same log.
+        let store = LogStore::<TestConfig>::open(&log_dir, Some(&*engine)).unwrap();
+        assert_eq!(store.wal.bounds(), Some((3, 2_100)));
+        assert!(!importing_dir(&log_dir).exists());
+    }
+
+    #[test]
+    fn imports_a_legacy_log_from_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Arc::new(RedbEngine::open_with_cache(&dir.path().join("redb"), 1 << 20).unwrap());
+        imports_a_legacy_log(engine, dir.path());
+    }
+
+    #[test]
+    fn imports_a_legacy_log_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Arc::new(SledEngine::open_with_cache(&dir.path().join("db"), 1 << 20).unwrap());
+        imports_a_legacy_log(engine, dir.path());
+    }
+
+    #[test]
+    fn index_ranges_are_clamped_to_what_is_held() {
+        assert_eq!(index_range(&(..), (5, 9)), (5, 10));
+        assert_eq!(index_range(&(6..8), (5, 9)), (6, 8));
+        assert_eq!(index_range(&(6..=20), (5, 9)), (6, 10));
+        assert_eq!(index_range(&(0..3), (5, 9)), (5, 3));
     }
 }

@@ -175,6 +175,16 @@ impl TestNode {
         }
     }
 
+    /// Stops the process with SIGSTOP (a long pause, as a stalled VM or a GC would cause),
+    /// or lets it go on with SIGCONT.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.as_ref().context("the node is not running")?.id();
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
     /// Starts the process again on the same port and data dir.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

@@ -1,5 +1,6 @@
 //! Multi-node clusters of real `shoal` processes on loopback: bootstrap from a peer
-//! list, joins, forwarding and linearizable reads on every node, failover, catch-up by
+//! list, joins, forwarding and linearizable reads on every node (also from a leader
+//! stalled past its lease), failover, catch-up by
 //! snapshot, leaving, no quorum, signed internal requests, and acknowledged writes
 //! surviving nodes killed one at a time.
 
@@ -181,6 +182,47 @@ async fn writes_anywhere_are_read_everywhere_linearizably() -> anyhow::Result<()
             read["data"]["n"], n,
             "read on node {reader} after write {n} on node {writer} was stale"
         );
+    }
+    Ok(())
+}
+
+/// The classic failure of lease reads: a leader stalls (SIGSTOP) past its lease, the
+/// others elect a new leader and take a write, and the old leader wakes up still
+/// believing it leads. Its monotonic clock ran on while it was stopped, so its lease is
+/// over: it must confirm with a quorum, find it was deposed, and never answer from its
+/// own, stale state.
+#[tokio::test]
+async fn a_leader_stalled_past_its_lease_never_answers_a_stale_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = TestCluster::start(dir.path(), 3, &[])?;
+    let mut leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, leader), json!({"n": 0})).await?;
+    let client = http();
+    for round in 1..=3_u64 {
+        let session = format!("/api/sessions/{id}");
+        // A read on the leader just before the stall: its lease is fresh.
+        let before = read_answered(&cluster.nodes[leader].url(&session)).await?;
+        assert_eq!(before["data"]["n"], round - 1);
+
+        tracing::info!(round, leader, "--- stall the leader until another one takes a write");
+        cluster.nodes[leader].signal("STOP")?;
+        let survivor = (leader + 1) % 3;
+        let target = cluster.nodes[survivor].url(&session);
+        let written = wait_until("a survivor takes a write", FORM, || {
+            let request = client.put(&target).json(&json!({"data": {"n": round}})).send();
+            async move { Ok(request.await?.status() == StatusCode::OK) }
+        })
+        .await;
+        cluster.nodes[leader].signal("CONT")?;
+        written?;
+
+        tracing::info!(round, "--- read on the old leader as soon as it runs again");
+        let after = read_answered(&cluster.nodes[leader].url(&session)).await?;
+        assert_eq!(
+            after["data"]["n"], round,
+            "round {round}: the stalled leader answered a stale read: {after}"
+        );
+        leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
     }
     Ok(())
 }

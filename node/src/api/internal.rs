@@ -105,7 +105,7 @@ async fn append(State(app): State<AppState>, body: Bytes) -> Response {
 
 async fn vote(State(app): State<AppState>, body: Bytes) -> Response {
     match decode(&body) {
-        Ok(request) => encoded(&app.cluster.raft().vote(request).await),
+        Ok(request) => encoded(&app.cluster.vote(request).await),
         Err(response) => response,
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Every write is a redb transaction committed without fsync ([`Durability::None`]);
 //! [`Engine::flush`] commits an empty transaction with [`Durability::Immediate`], which
-//! makes it and every commit before it durable. redb recovers to the last durable commit,
+//! makes it and every commit before it durable, and [`Tree::apply_durably`] commits its
+//! batch that way. redb recovers to the last durable commit,
 //! so a crash loses a suffix of the writes, never reorders them.
 
 use std::ops::Bound;
@@ -45,8 +46,17 @@ impl RedbEngine {
         name: &str,
         work: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<T>,
     ) -> Result<T> {
+        self.write_with(name, Durability::None, work)
+    }
+
+    fn write_with<T>(
+        &self,
+        name: &str,
+        durability: Durability,
+        work: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<T>,
+    ) -> Result<T> {
         let mut txn = self.db.begin_write().map_err(engine)?;
-        txn.set_durability(Durability::None).map_err(engine)?;
+        txn.set_durability(durability).map_err(engine)?;
         let outcome = {
             let mut table = txn.open_table(definition(name)).map_err(engine)?;
             work(&mut table)?
@@ -87,6 +97,17 @@ impl Engine for RedbEngine {
     }
 }
 
+fn write_batch(table: &mut redb::Table<&[u8], &[u8]>, batch: WriteBatch) -> Result<()> {
+    for op in batch.into_ops() {
+        match op {
+            WriteOp::Put(key, value) => table.insert(key.as_slice(), value.as_slice()),
+            WriteOp::Delete(key) => table.remove(key.as_slice()),
+        }
+        .map_err(engine)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct RedbTree {
     engine: RedbEngine,
@@ -123,16 +144,11 @@ impl Tree for RedbTree {
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<()> {
-        self.engine.write(&self.name, |table| {
-            for op in batch.into_ops() {
-                match op {
-                    WriteOp::Put(key, value) => table.insert(key.as_slice(), value.as_slice()),
-                    WriteOp::Delete(key) => table.remove(key.as_slice()),
-                }
-                .map_err(engine)?;
-            }
-            Ok(())
-        })
+        self.engine.write(&self.name, |table| write_batch(table, batch))
+    }
+
+    fn apply_durably(&self, batch: WriteBatch) -> Result<()> {
+        self.engine.write_with(&self.name, Durability::Immediate, |table| write_batch(table, batch))
     }
 
     fn range(
