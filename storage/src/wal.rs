@@ -173,26 +173,31 @@ impl Wal {
             frames.extend_from_slice(payload);
         }
 
+        // The segment to append to, and where its end is: the last one unless it is full
+        // (an empty last segment must start where this append starts).
         let active = {
             let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
-            segments.last().filter(|segment| segment.len < SEGMENT_TARGET_BYTES).cloned()
+            segments
+                .last()
+                .filter(|segment| segment.len < SEGMENT_TARGET_BYTES)
+                .filter(|segment| !segment.indexes.is_empty() || segment.first_index == first_new)
+                .map(|segment| (segment.file.clone(), segment.len))
         };
-        let active = match active {
-            // An empty last segment must start where this append starts.
-            Some(segment) if !segment.indexes.is_empty() || segment.first_index == first_new => {
-                segment
+        let (file, end) = match active {
+            Some(active) => active,
+            None => {
+                let segment = self.create_segment(first_new)?;
+                (segment.file, segment.len)
             }
-            _ => self.create_segment(first_new)?,
         };
-        active.file.write_all_at(&frames, active.len)?;
-        active.file.sync_data()?;
+        file.write_all_at(&frames, end)?;
+        file.sync_data()?;
 
         let mut segments = self.segments.write().unwrap_or_else(PoisonError::into_inner);
         let segment = segments.last_mut().expect("the active segment is listed");
-        debug_assert_eq!(segment.first_index, active.first_index);
         segment.indexes.extend(records.iter().map(|(index, _)| *index));
-        segment.offsets.extend(relative_offsets.into_iter().map(|offset| active.len + offset));
-        segment.len = active.len + frames.len() as u64;
+        segment.offsets.extend(relative_offsets.into_iter().map(|offset| end + offset));
+        segment.len = end + frames.len() as u64;
         Ok(())
     }
 
