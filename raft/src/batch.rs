@@ -22,7 +22,7 @@ use crate::{unix_millis, ClusterError, Raft, Result};
 /// The most commands in one entry.
 const MAX_BATCH: usize = 256;
 /// Batches being committed at once.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 
 /// A command waiting for its batch.
 pub(crate) struct Pending {

@@ -5,7 +5,7 @@
 //! after a crash the tree is at some entry boundary and openraft re-applies the rest
 //! from the log.
 //!
-//! Durability: applies are committed without fsync; about once a second
+//! Durability: applies are committed without fsync; every 200 ms
 //! ([`DURABLE_INTERVAL`]) an apply is committed durably, and so is every snapshot point.
 //! The durable applied index ([`StateMachineStore::durable_index`]) tells the log store
 //! how far it may purge.
@@ -36,7 +36,7 @@ const CURRENT_SNAPSHOT_KEY: &[u8] = b"current";
 /// Present while a received snapshot is being installed; found at start, the install is redone.
 const INSTALLING_KEY: &[u8] = b"installing";
 /// How often an apply is committed durably (with everything applied before it).
-pub const DURABLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const DURABLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 type StorageError = openraft::StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, Node>;

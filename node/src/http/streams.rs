@@ -163,10 +163,13 @@ pub(super) async fn serve(
                 next = data.next() => match next {
                     Some(Ok(bytes)) if bytes.is_empty() => {}
                     Some(Ok(bytes)) if chunked => {
-                        let size = format!("{:x}\r\n", bytes.len());
-                        writer.write_all(size.as_bytes()).await?;
-                        writer.write_all(&bytes).await?;
-                        writer.write_all(b"\r\n").await?;
+                        // One write per chunk: with TCP_NODELAY, three small writes are
+                        // three segments, and the client waits for the last.
+                        let mut chunk = Vec::with_capacity(bytes.len() + 12);
+                        chunk.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                        chunk.extend_from_slice(&bytes);
+                        chunk.extend_from_slice(b"\r\n");
+                        writer.write_all(&chunk).await?;
                     }
                     Some(Ok(bytes)) => writer.write_all(&bytes).await?,
                     Some(Err(error)) => {

@@ -53,6 +53,9 @@ fn excel_date(days: i64) -> Result<ExcelDateTime, XlsxError> {
 /// Builds the .xlsx file. Runs for a while on big searches: call it off the async threads.
 pub fn build(input: &ReportInput<'_>) -> Result<Vec<u8>, XlsxError> {
     let mut workbook = Workbook::new();
+    // Level 4 instead of zlib's default 6: 100,000 rows build about a fifth faster for
+    // a file 3 % larger (docs/decisions.md).
+    workbook.set_zip_compression_level(4);
     let header = Format::new().set_bold().set_background_color("#DDEBF7");
     let currency = Format::new().set_num_format(CURRENCY);
     let date = Format::new().set_num_format(DATE).set_align(FormatAlign::Center);
