@@ -259,7 +259,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS", default_value_t = 300, value_name = "MS")]
     pub election_timeout_ms: u64,
 
-    /// Build a Raft snapshot (and purge the log behind it) every this many entries
+    /// Build a Raft snapshot (and purge the log behind it) every this many entries, and
+    /// whenever the log has grown by 4 MiB since the last one
     #[arg(long, env = "SHOAL_SNAPSHOT_LOGS", default_value_t = 10_000, value_name = "ENTRIES")]
     pub snapshot_logs: u64,
 

@@ -20,7 +20,7 @@ use crate::types::{Command, Node, NodeId, Raft, Response, TypeConfig};
 use crate::{batch, ClusterError, Result};
 
 /// The log growth that asks for a snapshot (see [`Cluster::snapshot_if_log_grew`]).
-pub const SNAPSHOT_LOG_BYTES: u64 = 8 * 1024 * 1024;
+pub const SNAPSHOT_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How a node takes part in Raft. Timings are settings so tests can run a cluster fast.
 #[derive(Debug, Clone)]

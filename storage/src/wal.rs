@@ -37,7 +37,7 @@ const SEGMENT_MAGIC: &[u8; 8] = b"shoalwl1";
 /// Bytes of a record's frame before its payload: length, CRC, index.
 const FRAME_HEADER: usize = 16;
 /// A new segment starts once the current one holds this much.
-const SEGMENT_TARGET_BYTES: u64 = 8 * 1024 * 1024;
+const SEGMENT_TARGET_BYTES: u64 = 4 * 1024 * 1024;
 /// Bounds one record, so that a damaged length cannot ask for gigabytes.
 const MAX_RECORD_BYTES: usize = 1 << 30;
 const META_FILE: &str = "meta";
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn appends_read_back_across_segments_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let big = vec![7_u8; 3 * 1024 * 1024];
+        let big = vec![7_u8; (SEGMENT_TARGET_BYTES * 3 / 8) as usize];
         {
             let (wal, recovery) = Wal::open(dir.path()).unwrap();
             assert_eq!(recovery, Recovery::default());
@@ -553,7 +553,7 @@ mod tests {
     #[test]
     fn truncate_and_purge_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let big = vec![1_u8; 5 * 1024 * 1024];
+        let big = vec![1_u8; (SEGMENT_TARGET_BYTES * 5 / 8) as usize];
         {
             let (wal, _) = Wal::open(dir.path()).unwrap();
             wal.append(&records(1..3)).unwrap();
