@@ -269,7 +269,8 @@ pub struct ServeArgs {
     pub request_timeout_ms: u64,
 
     /// Confirm the leader with a quorum round for reads instead of its lease (which relies
-    /// on the nodes' clocks running at about the same rate); reads get slower
+    /// on the nodes' clocks running at about the same rate and never stopping: use this
+    /// where VMs are paused or live-migrated); reads get slower
     #[arg(long, env = "SHOAL_NO_READ_LEASE")]
     pub no_read_lease: bool,
 

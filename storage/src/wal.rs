@@ -99,7 +99,13 @@ impl Segment {
 impl Wal {
     /// Opens the log in `dir` (created if missing), checking every record.
     pub fn open(dir: &Path) -> Result<(Self, Recovery)> {
-        fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // The new directory's own entry must survive a crash too: the vote goes here.
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for dir_entry in fs::read_dir(dir)? {
             let path = dir_entry?.path();
@@ -117,6 +123,13 @@ impl Wal {
         for (position, (first_index, path)) in names.into_iter().enumerate() {
             let is_last = position + 1 == num_segments;
             let segment = read_segment(first_index, path, is_last, &mut recovery)?;
+            if segment.indexes.is_empty() {
+                // Holds nothing: a segment created just before a crash, or an empty one
+                // whose removal (when a segment replaced it) was not yet durable.
+                fs::remove_file(&segment.path)?;
+                sync_dir(dir)?;
+                continue;
+            }
             if let Some(previous) = segments.last() {
                 if previous.last_index().is_none_or(|last| last >= segment.first_index) {
                     return Err(corrupt(format!(
@@ -367,6 +380,7 @@ impl Wal {
             let empty = segments.pop().expect("checked above");
             if empty.path != segment.path {
                 fs::remove_file(&empty.path)?;
+                sync_dir(&self.dir)?;
             }
         }
         segments.push(segment.clone());
@@ -617,6 +631,26 @@ mod tests {
         fs::write(dir.path().join(format!("{:020}.seg", 7)), SEGMENT_MAGIC).unwrap();
         let error = Wal::open(dir.path()).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
+    }
+
+    #[test]
+    fn empty_segments_left_by_a_crash_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&records(1..5)).unwrap();
+        }
+        // Segments that hold nothing, as a crash can leave them: one created for an
+        // append that never landed, one whose removal had not reached the disk.
+        for first in [2, 3] {
+            fs::write(dir.path().join(format!("{first:020}.seg")), SEGMENT_MAGIC).unwrap();
+        }
+        let (wal, recovery) = Wal::open(dir.path()).unwrap();
+        assert_eq!(recovery.records, 4);
+        assert_eq!(wal.bounds(), Some((1, 4)));
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        wal.append(&records(5..6)).unwrap();
+        assert_eq!(wal.read(1, 6).unwrap(), payloads(1..6));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(super) enum Opening {
 
 /// Looks at the first bytes of `stream` without consuming them.
 pub(super) async fn open(stream: &TcpStream) -> io::Result<Opening> {
+    // Idle connections hold no buffer: it is made once the client has sent something.
+    stream.readable().await?;
     let mut buf = vec![0; MAX_HEAD];
     let len = stream.peek(&mut buf).await?;
     if len == 0 {
@@ -69,9 +71,15 @@ fn parse(bytes: &[u8]) -> Option<(Request<Body>, usize)> {
         let value = HeaderValue::from_bytes(header.value).ok()?;
         map.append(name, value);
     }
-    // A body (or a request to change protocols) is hyper's business.
-    let has_body = map.get(http::header::CONTENT_LENGTH).is_some_and(|length| length != "0")
-        || map.contains_key(http::header::TRANSFER_ENCODING);
+    // A body (or a request to change protocols) is hyper's business, and so is anything
+    // but a single `Content-Length: 0`: bytes a second length announces must not be left
+    // on the socket for hyper to read as the next request.
+    let mut lengths = map.get_all(http::header::CONTENT_LENGTH).iter();
+    let has_body = match (lengths.next(), lengths.next()) {
+        (None, _) => false,
+        (Some(length), None) => length != "0",
+        (Some(_), Some(_)) => true,
+    } || map.contains_key(http::header::TRANSFER_ENCODING);
     if has_body || map.contains_key(http::header::UPGRADE) || map.contains_key(http::header::EXPECT)
     {
         return None;
@@ -105,10 +113,12 @@ pub(super) async fn serve(
 ) -> io::Result<Option<TcpStream>> {
     let request = *request;
     tokio::io::AsyncReadExt::read_exact(&mut stream, &mut vec![0; head_len]).await?;
-    let close = request
-        .headers()
-        .get(http::header::CONNECTION)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+    let close = request.headers().get_all(http::header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&byte| byte == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
     let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(infallible) => match infallible {},
@@ -219,6 +229,8 @@ mod tests {
             b"GET /api/searches/a/b/events HTTP/1.1\r\n\r\n",
             b"GET /api/sessions/s1/events HTTP/1.1\r\n\r\n",
             b"GET /api/searches/s1/events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            // A second length must not leave its body on the socket for hyper.
+            b"GET /api/searches/s1/events HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nGET /",
             b"GET /api/searches/s1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /api/searches/s1/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             b"garbage\r\n\r\n",
