@@ -19,7 +19,17 @@ const FORM: Duration = Duration::from_secs(40);
 struct Nginx(Child);
 
 impl Drop for Nginx {
+    /// SIGTERM, so that the master stops its workers (a killed master leaves them
+    /// running); SIGKILL if it has not exited within 5 s.
     fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
