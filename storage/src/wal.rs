@@ -400,10 +400,8 @@ fn read_segment(
     let damaged = |reason: String| corrupt(format!("{}: {reason}", path.display()));
     if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
         if is_last && SEGMENT_MAGIC.starts_with(&bytes) {
-            // Created, then a crash before its header was durable: nothing is in it.
-            file.write_all_at(SEGMENT_MAGIC, 0)?;
-            file.set_len(SEGMENT_MAGIC.len() as u64)?;
-            file.sync_all()?;
+            // Created, then a crash before its header was durable: nothing is in it, and
+            // `Wal::open` removes it like any segment without records.
             recovery.torn_bytes += bytes.len() as u64;
             let len = SEGMENT_MAGIC.len() as u64;
             let (indexes, offsets) = (Vec::new(), Vec::new());
