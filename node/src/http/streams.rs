@@ -13,7 +13,7 @@
 //! and paths, a request with a body, HTTP/1.0, a head that did not arrive whole in the
 //! first read.
 
-use std::io;
+use std::io::{self, Write as _};
 
 use axum::body::{Body, HttpBody};
 use axum::Router;
@@ -176,7 +176,7 @@ pub(super) async fn serve(
                         // One write per chunk: with TCP_NODELAY, three small writes are
                         // three segments, and the client waits for the last.
                         let mut chunk = Vec::with_capacity(bytes.len() + 12);
-                        chunk.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                        write!(chunk, "{:x}\r\n", bytes.len())?;
                         chunk.extend_from_slice(&bytes);
                         chunk.extend_from_slice(b"\r\n");
                         writer.write_all(&chunk).await?;
