@@ -242,6 +242,8 @@ impl Node {
                         })
                         .collect(),
                     interval: config.gossip_interval,
+                    secret: secret.clone(),
+                    started_ms,
                 },
                 vec![
                     (KEY_API_ADDR.to_string(), advertise_addr.clone()),
@@ -285,6 +287,7 @@ impl Node {
             searches,
             reports,
             secret,
+            started_ms,
             gossip: gossip.clone(),
         }));
         background.extend([maintenance, membership, takeover]);

@@ -306,8 +306,8 @@ impl RedisState {
             // Redis expires keys by itself and reads slide session TTLs.
             Command::Touch { .. } | Command::Expire => Ok(Response::Count(0)),
             Command::Progress(command) => self.write_progress(now_ms, command).await,
-            Command::Batch(_) => Err(ClusterError::Raft(
-                "batches are the Raft leader's group commit; Redis takes commands one by one"
+            Command::Batch(_) | Command::Once { .. } => Err(ClusterError::Raft(
+                "batches and keyed writes are made by the Raft layer; Redis takes commands one by one"
                     .to_string(),
             )),
             Command::Blob(_) => Err(ClusterError::Raft(

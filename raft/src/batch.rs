@@ -36,6 +36,7 @@ pub(crate) fn batch_key(command: &Command) -> Option<(u8, &str)> {
         Command::CreateSession { id, .. }
         | Command::UpdateSession { id, .. }
         | Command::DeleteSession { id, .. } => Some((0, id)),
+        Command::Once { command, .. } => batch_key(command),
         Command::Progress(
             ProgressCommand::Create { id, .. }
             | ProgressCommand::Update { id, .. }
@@ -158,6 +159,7 @@ async fn commit(raft: &Raft, mut batch: Vec<Pending>, timeout: Duration) {
 /// A command a follower hands to the leader at `addr`.
 pub(crate) struct Forward {
     pub addr: String,
+    pub leader_id: crate::NodeId,
     pub pending: Pending,
 }
 
@@ -176,7 +178,7 @@ pub(crate) async fn run_forwards(
         let joins =
             |forward: &Forward| leader.get_or_insert_with(|| forward.addr.clone()) == &forward.addr;
         let Some((batch, permit)) = gatherer.next(&mut queue, joins).await else { return };
-        let addr = batch[0].addr.clone();
+        let (addr, leader_id) = (batch[0].addr.clone(), batch[0].leader_id);
         let batch: Vec<Pending> = batch.into_iter().map(|forward| forward.pending).collect();
         let client = client.clone();
         tokio::spawn(async move {
@@ -184,7 +186,7 @@ pub(crate) async fn run_forwards(
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
             let answered: std::result::Result<Result<Vec<Result<Response>>>, _> =
-                client.call(&addr, FORWARD_BATCH_PATH, &commands, timeout).await;
+                client.call(&addr, leader_id, FORWARD_BATCH_PATH, &commands, timeout).await;
             match answered {
                 Ok(Ok(answers)) if answers.len() == replies.len() => {
                     for (reply, answer) in replies.into_iter().zip(answers) {

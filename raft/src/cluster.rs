@@ -1,15 +1,16 @@
 //! [`Cluster`]: the handle the API uses to write through Raft and to read linearizably.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::lease::{LeaderView, Leases};
 use crate::network::{
@@ -17,7 +18,10 @@ use crate::network::{
 };
 use crate::state_machine::{StateMachineStore, StateReader};
 use crate::types::{Command, Node, NodeId, Raft, Response, TypeConfig};
-use crate::{batch, ClusterError, Result};
+use crate::{batch, contact, once, ClusterError, Result};
+
+/// How many times a write follows the leader to another node before it gives up.
+const MAX_LEADER_HOPS: usize = 3;
 
 /// The log growth that asks for a snapshot (see [`Cluster::snapshot_if_log_grew`]).
 pub const SNAPSHOT_LOG_BYTES: u64 = 4 * 1024 * 1024;
@@ -111,6 +115,12 @@ struct Inner {
     /// The log's appended bytes and snapshot index when a snapshot was last asked for or
     /// seen.
     snapshot_mark: std::sync::Mutex<(u64, Option<u64>)>,
+    /// How long a keyed write's copies may reach the leader (`once.rs`).
+    once_window: Duration,
+    /// When this node last heard from the leader it follows.
+    contact: Arc<contact::Contact>,
+    /// Whether this node is in contact with the cluster (`contact.rs`).
+    in_contact: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -167,6 +177,14 @@ impl Cluster {
         let (forwards, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch::run_forwards(options.client.clone(), options.request_timeout, queue));
         let (read_rounds, index_rounds) = (Rounds::default(), Rounds::default());
+        let contact = Arc::new(contact::Contact::default());
+        let in_contact = contact::spawn_monitor(
+            raft.clone(),
+            contact.clone(),
+            election_max,
+            options.heartbeat_interval,
+        );
+        let once_window = once::window(options.request_timeout);
         let inner = Inner {
             raft,
             options,
@@ -178,6 +196,9 @@ impl Cluster {
             batches,
             forwards,
             snapshot_mark: std::sync::Mutex::new((0, None)),
+            once_window,
+            contact,
+            in_contact,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -227,41 +248,78 @@ impl Cluster {
 
     /// Proposes `command` and returns the state machine's answer once the entry is
     /// committed by a majority (fsynced on each) and applied on the leader. On a
-    /// follower the command is forwarded to the leader, which stamps it with its clock.
+    /// follower the command is forwarded to the leader, which stamps it with its clock;
+    /// when leadership moves meanwhile, it follows the new leader. The command gets an
+    /// idempotency key first (`once.rs`), so however often it is proposed it applies at
+    /// most once.
     ///
-    /// On a timeout the outcome is unknown: the entry may still commit later.
+    /// A node cut off from the cluster answers within about an election timeout
+    /// ([`ClusterError::NoQuorum`]). On a timeout the outcome is unknown: the entry may
+    /// still commit later (once).
     pub async fn write(&self, command: Command) -> Result<Response> {
-        match self.write_local(command.clone()).await {
-            Err(ClusterError::NotLeader { leader_addr, .. })
-                if batch::batch_key(&command).is_some() =>
-            {
-                let timeout = self.inner.options.request_timeout;
-                let (reply, answer) = oneshot::channel();
-                let pending = batch::Pending { command, reply };
-                self.inner
-                    .forwards
-                    .send(batch::Forward { addr: leader_addr, pending })
-                    .map_err(|_| ClusterError::Raft("the forward queue stopped".into()))?;
-                let answer = tokio::time::timeout(timeout, answer)
-                    .await
-                    .map_err(|_| ClusterError::Timeout(timeout))?
-                    .map_err(|_| ClusterError::Raft("the forward task stopped".into()))?;
-                match answer? {
-                    Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
-                    response => Ok(response),
-                }
-            }
-            Err(ClusterError::NotLeader { leader_addr, .. }) => {
-                let timeout = self.inner.options.request_timeout;
-                let forwarded: std::result::Result<Result<Response>, CallError> = self
-                    .inner
-                    .options
-                    .client
-                    .call(&leader_addr, FORWARD_PATH, &command, timeout)
-                    .await;
-                forwarded.map_err(call_error)?
-            }
-            outcome => outcome,
+        let command = once::keyed(command, self.inner.once_window);
+        let timeout = self.inner.options.request_timeout;
+        let written = tokio::time::timeout(timeout, self.write_following_leader(command));
+        self.unless_cut_off(async { written.await.map_err(|_| ClusterError::Timeout(timeout))? })
+            .await
+    }
+
+    async fn write_following_leader(&self, command: Command) -> Result<Response> {
+        let mut outcome = self.write_local(command.clone()).await;
+        for _ in 0..MAX_LEADER_HOPS {
+            let Err(ClusterError::NotLeader { leader_id, leader_addr }) = outcome else {
+                break;
+            };
+            outcome = self.forward(leader_id, leader_addr, command.clone()).await;
+        }
+        outcome
+    }
+
+    /// Hands `command` to the leader: batched with other forwards when it may share an
+    /// entry, alone otherwise.
+    async fn forward(
+        &self,
+        leader_id: NodeId,
+        leader_addr: String,
+        command: Command,
+    ) -> Result<Response> {
+        let timeout = self.inner.options.request_timeout;
+        if batch::batch_key(&command).is_none() {
+            let forwarded: std::result::Result<Result<Response>, CallError> = self
+                .inner
+                .options
+                .client
+                .call(&leader_addr, leader_id, FORWARD_PATH, &command, timeout)
+                .await;
+            return forwarded.map_err(call_error)?;
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = batch::Pending { command, reply };
+        self.inner
+            .forwards
+            .send(batch::Forward { addr: leader_addr, leader_id, pending })
+            .map_err(|_| ClusterError::Raft("the forward queue stopped".into()))?;
+        let answer = tokio::time::timeout(timeout, answer)
+            .await
+            .map_err(|_| ClusterError::Timeout(timeout))?
+            .map_err(|_| ClusterError::Raft("the forward task stopped".into()))?;
+        match answer? {
+            Response::Rejected(rejection) => Err(ClusterError::Rejected(rejection)),
+            response => Ok(response),
+        }
+    }
+
+    /// Runs `work` unless this node is cut off from the cluster, and gives up on it when
+    /// the node gets cut off meanwhile: load balancers then move on within about an
+    /// election timeout instead of waiting for `request_timeout`.
+    async fn unless_cut_off<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut in_contact = self.inner.in_contact.clone();
+        if !*in_contact.borrow_and_update() {
+            return Err(ClusterError::NoQuorum);
+        }
+        tokio::select! {
+            outcome = work => outcome,
+            _ = in_contact.wait_for(|in_contact| !*in_contact) => Err(ClusterError::NoQuorum),
         }
     }
 
@@ -271,6 +329,10 @@ impl Cluster {
     /// Session and progress commands go through the group-commit queue (`batch.rs`) and
     /// share entries with other clients' commands; the rest are proposed alone.
     pub async fn write_local(&self, command: Command) -> Result<Response> {
+        self.unless_cut_off(self.propose_local(command)).await
+    }
+
+    async fn propose_local(&self, command: Command) -> Result<Response> {
         let timeout = self.inner.options.request_timeout;
         let response = if batch::batch_key(&command).is_some() {
             let (reply, answer) = oneshot::channel();
@@ -297,20 +359,21 @@ impl Cluster {
     /// Concurrent callers share rounds: a caller joins the next round to start, never
     /// one already under way (whose read index may predate the caller's write).
     pub async fn read_barrier(&self) -> Result<()> {
-        share_round(&self.inner, |inner| &inner.read_rounds, barrier_round).await
+        self.unless_cut_off(share_round(&self.inner, |inner| &inner.read_rounds, barrier_round))
+            .await
     }
 
     /// Changes the membership (on the leader; forwarded there from a follower) and waits
     /// until the change is committed.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<()> {
         match self.change_membership_local(change.clone()).await {
-            Err(ClusterError::NotLeader { leader_addr, .. }) => {
+            Err(ClusterError::NotLeader { leader_id, leader_addr }) => {
                 let timeout = self.inner.options.request_timeout;
                 let forwarded: std::result::Result<Result<()>, CallError> = self
                     .inner
                     .options
                     .client
-                    .call(&leader_addr, MEMBERSHIP_PATH, &change, timeout)
+                    .call(&leader_addr, leader_id, MEMBERSHIP_PATH, &change, timeout)
                     .await;
                 forwarded.map_err(call_error)?
             }
@@ -386,7 +449,21 @@ impl Cluster {
     /// leader confirms its leadership by its lease or with a quorum first. Followers call
     /// this on the leader through `/internal/raft/read-index`.
     pub async fn read_index(&self) -> Result<Option<u64>> {
-        read_index(&self.inner).await
+        self.unless_cut_off(read_index(&self.inner)).await
+    }
+
+    /// Answers the leader's append-entries, noting that the leader was heard from.
+    pub async fn append_entries(
+        &self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> std::result::Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let answer = self.inner.raft.append_entries(request).await;
+        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            // The sender's vote is at least ours: it is the leader this node follows.
+            self.inner.contact.heard_from_leader();
+        }
+        answer
     }
 
     /// Answers a candidate's vote request. With leases on, a node that started less than
@@ -632,13 +709,13 @@ async fn lease_read_index(inner: &Inner) -> Option<u64> {
 /// Makes reads on this node linearizable: on the leader by a quorum round, on a follower
 /// by asking the leader for its read index and waiting until this node applied it.
 async fn linearize(inner: &Arc<Inner>) -> Result<()> {
-    let leader_addr = match read_index(inner).await {
-        Err(ClusterError::NotLeader { leader_addr, .. }) => leader_addr,
+    let (leader_id, leader_addr) = match read_index(inner).await {
+        Err(ClusterError::NotLeader { leader_id, leader_addr }) => (leader_id, leader_addr),
         outcome => return outcome.map(|_| ()),
     };
     let timeout = inner.options.request_timeout;
     let asked: std::result::Result<Result<Option<u64>>, CallError> =
-        inner.options.client.call(&leader_addr, READ_INDEX_PATH, &(), timeout).await;
+        inner.options.client.call(&leader_addr, leader_id, READ_INDEX_PATH, &(), timeout).await;
     let Some(index) = asked.map_err(call_error)?? else { return Ok(()) };
     inner
         .raft

@@ -30,6 +30,9 @@ pub enum ClusterError {
     /// The external state store (Redis, in compatibility mode) cannot answer right now.
     #[error("{0}")]
     Unavailable(String),
+    /// This node is cut off from a quorum of the cluster (a partition, or most nodes down).
+    #[error("this node is cut off from a quorum of the cluster")]
+    NoQuorum,
 }
 
 /// The result type of this crate.

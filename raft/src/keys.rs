@@ -9,6 +9,9 @@ pub const SESSION_PREFIX: &[u8] = b"s/";
 pub const PROGRESS_PREFIX: &[u8] = b"p/";
 /// `x/{deadline_ms: u64 BE}{kind}{id}` → empty: the expiry index, oldest first.
 pub const EXPIRY_PREFIX: &[u8] = b"x/";
+/// `r/{deadline_ms: u64 BE}{key: u128 BE}` → the encoded [`crate::Response`] of a
+/// [`crate::Command::Once`], kept until its deadline.
+pub const ONCE_PREFIX: &[u8] = b"r/";
 /// `m/…` → bookkeeping of the state machine itself; not part of snapshot data.
 pub const META_PREFIX: &[u8] = b"m/";
 pub const LAST_APPLIED: &[u8] = b"m/last_applied";
@@ -45,6 +48,17 @@ pub const EXPIRY_KIND_PROGRESS: u8 = b'p';
 /// Returns the key of progress record `id`.
 pub fn progress(id: &str) -> Vec<u8> {
     [PROGRESS_PREFIX, id.as_bytes()].concat()
+}
+
+/// Returns the key of the answer to the write with idempotency key `key`.
+pub fn once(deadline_ms: u64, key: u128) -> Vec<u8> {
+    [ONCE_PREFIX, &deadline_ms.to_be_bytes()[..], &key.to_be_bytes()[..]].concat()
+}
+
+/// Returns the deadline of a [`once`] key.
+pub fn once_deadline(key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(ONCE_PREFIX)?;
+    Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
 }
 
 /// Returns the key of session `id`.

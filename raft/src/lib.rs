@@ -5,12 +5,14 @@ pub mod auth;
 mod batch;
 mod blob;
 mod cluster;
+mod contact;
 mod error;
 mod keys;
 mod lease;
 mod maintenance;
 mod merge_patch;
 pub mod network;
+mod once;
 mod progress;
 pub mod rules;
 mod state_machine;
@@ -27,6 +29,6 @@ pub use progress::{
 };
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{
-    Command, Entry, Node, NodeId, Raft, Rejection, Request, Response, SessionChange, SessionRecord,
-    TypeConfig,
+    Command, Entry, Node, NodeId, Raft, Rejection, Request, RequestKey, Response, SessionChange,
+    SessionRecord, TypeConfig,
 };

@@ -16,10 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_storage::codec;
 
-use crate::auth::{ClusterSecret, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::auth::{self, ClusterSecret, LineVerifier, RequestHead, SIGNATURE_HEADER};
 use crate::lease::Leases;
 use crate::types::{Node, NodeId, TypeConfig};
-use crate::unix_millis;
 
 /// The path of the append-entries RPC.
 pub const APPEND_PATH: &str = "/internal/raft/append";
@@ -36,6 +35,8 @@ pub const FORWARD_BATCH_PATH: &str = "/internal/raft/forward-batch";
 pub const READ_INDEX_PATH: &str = "/internal/raft/read-index";
 /// The path through which membership changes reach the leader.
 pub const MEMBERSHIP_PATH: &str = "/internal/cluster/membership";
+/// The path through which a node proves who it is (see [`InternalClient::identify`]).
+pub const IDENTITY_PATH: &str = "/internal/cluster/identity";
 
 /// Why an internal call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +50,8 @@ pub enum CallError {
 }
 
 /// Signed HTTP calls to other nodes' `/internal/*` endpoints, over one connection pool.
+/// Every answer is checked: a caller gets a response only if a holder of the cluster
+/// secret made it for the request it sent (see `auth.rs`).
 #[derive(Debug, Clone)]
 pub struct InternalClient {
     http: reqwest::Client,
@@ -72,16 +75,17 @@ impl InternalClient {
         &self.secret
     }
 
-    /// POSTs `body` to `path` on the node at `addr` (`host:port`), signed, and returns
-    /// the response body of a 2xx answer.
+    /// POSTs `body` to `path` on node `target` at `addr` (`host:port`), signed, and
+    /// returns the response body of a 2xx answer.
     pub async fn post(
         &self,
         addr: &str,
+        target: NodeId,
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        let (status, body) = self.relay_post(addr, path, body, timeout).await?;
+        let (status, body) = self.relay_post(addr, target, path, body, timeout).await?;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
             let reason = format!("{path} answered {status}: {text}");
@@ -90,44 +94,66 @@ impl InternalClient {
         Ok(body)
     }
 
-    /// Opens a signed, long-lived GET of `path_and_query` on the node at `addr` and
-    /// returns the response to read as it streams; fails unless the answer is 2xx.
+    /// Opens a signed, long-lived GET of `path_and_query` on node `target` at `addr` and
+    /// returns its lines as they stream; fails unless the answer is a signed 2xx.
     pub async fn open_stream(
         &self,
         addr: &str,
+        target: NodeId,
         path_and_query: &str,
         connect_timeout: Duration,
-    ) -> Result<reqwest::Response, CallError> {
-        let timestamp = unix_millis();
-        let signature = self.secret.sign("GET", path_and_query, timestamp, &[]);
-        let request = self
-            .http
-            .get(format!("http://{addr}{path_and_query}"))
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .send();
-        let response = tokio::time::timeout(connect_timeout, request)
-            .await
-            .map_err(|_| CallError::Unreachable {
-                addr: addr.to_string(),
-                reason: "timed out".into(),
-            })?
-            .map_err(|error| CallError::Unreachable {
-                addr: addr.to_string(),
-                reason: error.to_string(),
-            })?;
-        if !response.status().is_success() {
-            let reason = format!("{path_and_query} answered {}", response.status());
-            return Err(CallError::Failed { addr: addr.to_string(), reason });
+    ) -> Result<SignedLines, CallError> {
+        let head = RequestHead::new("GET", path_and_query, target, &[]);
+        let mut request = self.http.get(format!("http://{addr}{path_and_query}"));
+        for (name, value) in head.headers(&self.secret) {
+            request = request.header(name, value);
         }
-        Ok(response)
+        let unreachable =
+            |reason: String| CallError::Unreachable { addr: addr.to_string(), reason };
+        let response = tokio::time::timeout(connect_timeout, request.send())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|error| unreachable(error.to_string()))?;
+        let status = response.status().as_u16();
+        let signature = answer_signature(&response);
+        let refused = |reason: String| CallError::Failed { addr: addr.to_string(), reason };
+        if !(200..300).contains(&status) {
+            // Not a stream: an error answer, signed whole.
+            let body = response.bytes().await.map_err(|error| refused(error.to_string()))?;
+            let verified = self.secret.verify_response(
+                head.nonce,
+                status,
+                &auth::body_digest(&body),
+                signature.as_deref(),
+            );
+            let reason = match verified {
+                Ok(()) => format!("{path_and_query} answered {status}"),
+                Err(error) => {
+                    format!("{path_and_query} answered {status}, not signed by a member: {error}")
+                }
+            };
+            return Err(refused(reason));
+        }
+        // A stream signs its status in the head and each line on its own.
+        if let Err(error) =
+            self.secret.verify_response(head.nonce, status, &STREAM_DIGEST, signature.as_deref())
+        {
+            return Err(refused(format!("{path_and_query}: not signed by a member: {error}")));
+        }
+        Ok(SignedLines {
+            response,
+            verifier: self.secret.line_verifier(head.nonce),
+            buffer: Vec::new(),
+        })
     }
 
-    /// POSTs `body` (signed) and returns the answer's status and body, whatever the
-    /// status: for handing a public request to the node that must answer it.
+    /// POSTs `body` (signed) to node `target` and returns the answer's status and body,
+    /// whatever the status, once its signature is checked: for handing a public request
+    /// to the node that must answer it.
     pub async fn relay_post(
         &self,
         addr: &str,
+        target: NodeId,
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
@@ -147,35 +173,111 @@ impl InternalClient {
                 CallError::Failed { addr: addr.to_string(), reason }
             }
         };
-        let timestamp = unix_millis();
-        let signature = self.secret.sign("POST", path, timestamp, &body);
-        let response = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(call_error)?;
+        let head = RequestHead::new("POST", path, target, &body);
+        let mut request = self.http.post(format!("http://{addr}{path}")).timeout(timeout);
+        for (name, value) in head.headers(&self.secret) {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await.map_err(call_error)?;
         let status = response.status().as_u16();
-        Ok((status, response.bytes().await.map_err(call_error)?.to_vec()))
+        let signature = answer_signature(&response);
+        let body = response.bytes().await.map_err(call_error)?.to_vec();
+        let digest = auth::body_digest(&body);
+        if let Err(error) =
+            self.secret.verify_response(head.nonce, status, &digest, signature.as_deref())
+        {
+            // Whatever answered does not hold the secret (or our request did not reach
+            // a member): its answer counts for nothing.
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            let reason =
+                format!("{path} answered {status}, not signed by a member ({error}): {text}");
+            return Err(CallError::Failed { addr: addr.to_string(), reason });
+        }
+        Ok((status, body))
     }
 
-    /// POSTs `request` (postcard) and decodes the postcard response.
+    /// POSTs `request` (postcard) to node `target` and decodes the postcard response.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
+        target: NodeId,
         path: &str,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let body = self.post(addr, path, codec::encode(request), timeout).await?;
+        let body = self.post(addr, target, path, codec::encode(request), timeout).await?;
         codec::decode(&body, "internal response").map_err(|error| CallError::Failed {
             addr: addr.to_string(),
             reason: error.to_string(),
         })
+    }
+
+    /// Asks the node at `addr` to prove it holds the cluster secret and is node `target`:
+    /// what a node must do before it becomes a member (see `gossip/membership.rs`).
+    pub async fn identify(
+        &self,
+        addr: &str,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<Identity, CallError> {
+        let identity: Identity = self.call(addr, target, IDENTITY_PATH, &(), timeout).await?;
+        if identity.node_id != target {
+            let reason = format!("claims to be node {}, not {target}", identity.node_id);
+            return Err(CallError::Failed { addr: addr.to_string(), reason });
+        }
+        Ok(identity)
+    }
+}
+
+/// Returns the signature an answer carries, if any.
+pub fn answer_signature(response: &reqwest::Response) -> Option<String> {
+    let signature = response.headers().get(SIGNATURE_HEADER)?;
+    signature.to_str().ok().map(str::to_string)
+}
+
+/// What a node says of itself when asked to prove who it is (its answer is signed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+}
+
+/// The body digest a streamed answer's head signature covers: its lines are signed one by
+/// one instead.
+pub const STREAM_DIGEST: [u8; 32] = [0; 32];
+
+/// The lines of a signed streamed answer (see [`InternalClient::open_stream`]).
+#[derive(Debug)]
+pub struct SignedLines {
+    response: reqwest::Response,
+    verifier: LineVerifier,
+    buffer: Vec<u8>,
+}
+
+impl SignedLines {
+    /// Returns the payload of the next line (empty for a heartbeat), `Ok(None)` when the
+    /// stream ended, or an error when it broke or a line fails its signature (the caller
+    /// drops the stream then).
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, CallError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return match self.verifier.verify(&line) {
+                    Ok(payload) => Ok(Some(payload.to_vec())),
+                    Err(error) => Err(CallError::Failed {
+                        addr: self.response.url().authority().to_string(),
+                        reason: format!("a streamed line is not signed by a member: {error}"),
+                    }),
+                };
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    let addr = self.response.url().authority().to_string();
+                    return Err(CallError::Failed { addr, reason: error.to_string() });
+                }
+            }
+        }
     }
 }
 
@@ -229,7 +331,7 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let outcome: Result<Result<Resp, RaftError<NodeId, E>>, CallError> =
-            self.client.call(&self.addr, path, request, option.hard_ttl()).await;
+            self.client.call(&self.addr, self.target, path, request, option.hard_ttl()).await;
         match outcome {
             Ok(outcome) => {
                 outcome.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))

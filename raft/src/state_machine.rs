@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::blob::{self, BlobMeta};
 use crate::progress::{self, ProgressRecord};
 use crate::types::{Command, Entry, Node, NodeId, Request, Response, SessionRecord, TypeConfig};
-use crate::{keys, rules};
+use crate::{keys, once, rules};
 
 const STATE_TREE: &str = "state";
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -108,13 +108,16 @@ impl StateReader {
         self.num_sessions.load(Ordering::Relaxed)
     }
 
-    /// Returns the earliest deadline in the expiry index.
+    /// Returns the earliest deadline of anything `Expire` removes: the expiry index and
+    /// the answers of keyed writes.
     pub fn next_deadline_ms(&self) -> shoal_storage::Result<Option<u64>> {
         let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        match self.state.scan_prefix(keys::EXPIRY_PREFIX).next() {
-            Some(pair) => Ok(keys::parse_expiry(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms)),
-            None => Ok(None),
-        }
+        let indexed = match self.state.scan_prefix(keys::EXPIRY_PREFIX).next() {
+            Some(pair) => keys::parse_expiry(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms),
+            None => None,
+        };
+        let answers = once::next_deadline(&*self.state)?;
+        Ok(indexed.into_iter().chain(answers).min())
     }
 }
 
@@ -460,7 +463,19 @@ impl StateMachineStore {
                         _ => change.batch.delete(key.clone()),
                     }
                 }
+                expired += once::forget_expired(state, now_ms, &mut change.batch)?;
                 Response::Count(expired)
+            }
+            Command::Once { key, deadline_ms, command } => {
+                if let Some(refused) = once::expired(now_ms, deadline_ms) {
+                    return Ok(refused);
+                }
+                if let Some(first) = once::answered(state, deadline_ms, key)? {
+                    return Ok(first);
+                }
+                let answer = self.apply_request(Request { now_ms, command: *command }, change)?;
+                once::remember(&mut change.batch, deadline_ms, key, &answer);
+                answer
             }
             Command::Progress(command) => {
                 progress::apply(state, now_ms, command, &mut change.batch)?

@@ -70,7 +70,16 @@ pub enum Command {
     /// Session and progress commands on distinct records, applied together (group
     /// commit by the leader; see `batch.rs`).
     Batch(Vec<Command>),
+    /// `command`, applied at most once however often it is proposed: a write forwarded
+    /// again after a leader change, or a replayed request, finds the answer of the first
+    /// application under `key` (see `once.rs`). Refused once the leader's clock is past
+    /// `deadline_ms`, after which the key is forgotten.
+    Once { key: RequestKey, deadline_ms: u64, command: Box<Command> },
 }
+
+/// The idempotency key of a write: 128 random bits drawn where the write entered the
+/// cluster.
+pub type RequestKey = u128;
 
 /// How [`Command::UpdateSession`] changes the data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,4 +164,8 @@ pub enum Rejection {
     /// A blob chunk or commit arrived for a blob that is not being written.
     #[error("blob is not being written")]
     BlobNotPending,
+    /// A write reached the leader after its deadline: whether an earlier copy of it
+    /// applied can no longer be told, so this one does not.
+    #[error("the write arrived after its deadline")]
+    RequestExpired,
 }

@@ -134,7 +134,9 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
     let Response::Count(expired) = cluster.write(Command::Expire).await.unwrap() else { panic!() };
     assert_eq!(expired, 1);
     assert_eq!(cluster.reader().num_sessions(), 1);
-    assert_eq!(cluster.reader().next_deadline_ms().unwrap(), Some(record.expires_at_ms));
+    // Next due: the kept answers of the writes above (`once.rs`), well before the session.
+    let next = cluster.reader().next_deadline_ms().unwrap().unwrap();
+    assert!(next < record.expires_at_ms && next > unix_millis(), "{next}");
 
     let touch = Command::Touch { ids: vec!["a".into(), "a".into(), "missing".into()] };
     let Response::Count(touched) = cluster.write(touch).await.unwrap() else { panic!() };
@@ -151,6 +153,54 @@ async fn rejections_change_nothing_and_expiry_is_deterministic() {
     };
     let Response::Session { record, .. } = cluster.write(same).await.unwrap() else { panic!() };
     assert_eq!(record.version, 1, "an empty merge patch is not a change");
+}
+
+/// A keyed write proposed again (as after a leader change) or replayed finds the answer
+/// of its first application and changes nothing; past its deadline it is refused; and
+/// the answers are forgotten by the replicated expiry once their deadline passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_applies_at_most_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _engine) = start(dir.path()).await;
+    cluster.write(create("a", 3_600_000)).await.unwrap();
+    let replace = |data: &str| Command::UpdateSession {
+        id: "a".into(),
+        change: SessionChange::Replace(data.into()),
+        if_version: None,
+        max_data_bytes: 1_000,
+    };
+    let deadline_ms = unix_millis() + 1_000;
+    let keyed = |key: u128, data: &str| Command::Once {
+        key,
+        deadline_ms,
+        command: Box::new(replace(data)),
+    };
+    let Response::Session { record: first, .. } =
+        cluster.write(keyed(1, r#"{"v":1}"#)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(first.version, 2);
+    cluster.write(replace(r#"{"v":"later"}"#)).await.unwrap();
+    // The same write again: the first answer, and the later write stands.
+    let Response::Session { record: again, .. } =
+        cluster.write(keyed(1, r#"{"v":1}"#)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again, first);
+    let now = cluster.reader().session("a", unix_millis()).unwrap().unwrap();
+    assert_eq!((now.version, now.data.as_str()), (3, r#"{"v":"later"}"#));
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let late = cluster.write(keyed(2, r#"{"v":2}"#)).await.unwrap_err();
+    assert!(matches!(late, ClusterError::Rejected(Rejection::RequestExpired)), "{late}");
+    let Response::Count(forgotten) = cluster.write(Command::Expire).await.unwrap() else {
+        panic!()
+    };
+    assert!(forgotten >= 1, "the answer past its deadline is forgotten");
+    let now = cluster.reader().session("a", unix_millis()).unwrap().unwrap();
+    assert_eq!(now.version, 3, "nothing late applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

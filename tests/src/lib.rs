@@ -185,6 +185,11 @@ impl TestNode {
         Ok(())
     }
 
+    /// Returns the process id while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the process again on the same port and data dir.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

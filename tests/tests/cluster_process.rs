@@ -1,16 +1,16 @@
 //! Multi-node clusters of real `shoal` processes on loopback: bootstrap from a peer
 //! list, joins, forwarding and linearizable reads on every node (also from a leader
 //! stalled past its lease), failover, catch-up by
-//! snapshot, leaving, no quorum, signed internal requests, and acknowledged writes
-//! surviving nodes killed one at a time.
+//! snapshot, leaving, no quorum (answered within about an election timeout), and
+//! acknowledged writes surviving nodes killed one at a time. (Signed internal requests
+//! and strangers: `security_process.rs`.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use shoal_raft::ClusterSecret;
-use shoal_tests::{get_json, shoal_binary, wait_until, TestCluster, TEST_SECRET};
+use shoal_tests::{get_json, shoal_binary, wait_until, TestCluster};
 
 const FORM: Duration = Duration::from_secs(40);
 
@@ -315,15 +315,34 @@ async fn a_lagging_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node cut off from its quorum answers 503 within about an election timeout (300 to
+/// 600 ms here), not after `--request-timeout-ms` (5 s by default): load balancers move
+/// on. A write already waiting when the quorum goes is answered as quickly.
 #[tokio::test]
-async fn without_quorum_nodes_answer_503_and_recover() -> anyhow::Result<()> {
+async fn without_quorum_nodes_answer_503_within_an_election_timeout_and_recover(
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut cluster = TestCluster::start(dir.path(), 3, &["--request-timeout-ms", "1500"])?;
-    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
-    let id = create_session(&base(&cluster, 0), json!({"v": 1})).await?;
-    cluster.nodes[1].kill();
-    cluster.nodes[2].kill();
-    let survivor = base(&cluster, 0);
+    let mut cluster = TestCluster::start(dir.path(), 3, &[])?;
+    let leader = cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let id = create_session(&base(&cluster, leader), json!({"v": 1})).await?;
+    let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+    // Writes stall while the followers are stopped (SIGSTOP: their sockets stay open, so
+    // nothing fails fast at the TCP level; only the missing acknowledgements tell).
+    for follower in &followers {
+        cluster.nodes[*follower].signal("STOP")?;
+    }
+    let survivor = base(&cluster, leader);
+    let started = Instant::now();
+    let in_flight = http().post(format!("{survivor}/api/sessions")).json(&json!({})).send().await?;
+    let in_flight_took = started.elapsed();
+    assert_eq!(in_flight.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        in_flight_took < Duration::from_millis(2_000),
+        "a write sent as the quorum went was answered after {in_flight_took:?}"
+    );
+    for follower in &followers {
+        cluster.nodes[*follower].kill();
+    }
 
     let ready_url = format!("{survivor}/api/health/ready");
     wait_until("the survivor reports not ready", FORM, || {
@@ -333,20 +352,26 @@ async fn without_quorum_nodes_answer_503_and_recover() -> anyhow::Result<()> {
     .await?;
     let started = Instant::now();
     let write = http().post(format!("{survivor}/api/sessions")).json(&json!({})).send().await?;
+    let write_took = started.elapsed();
     assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(write.headers().contains_key("retry-after"));
+    let started = Instant::now();
     let read = http().get(format!("{survivor}/api/sessions/{id}")).send().await?;
+    let read_took = started.elapsed();
     assert_eq!(
         read.status(),
         StatusCode::SERVICE_UNAVAILABLE,
         "no quorum, no read that could be stale"
     );
     assert!(read.headers().contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_secs(8), "503s came after {:?}", started.elapsed());
+    for (what, took) in [("write", write_took), ("read", read_took)] {
+        assert!(took < Duration::from_millis(500), "the {what} was answered 503 after {took:?}");
+    }
+    let first = followers[0];
 
     tracing::info!("--- one node comes back: service resumes");
-    cluster.nodes[1].restart()?;
-    cluster.wait_converged(&[0, 1], 3, FORM).await?;
+    cluster.nodes[first].restart()?;
+    cluster.wait_converged(&[leader, first], 3, FORM).await?;
     wait_until("writes succeed again", FORM, || {
         let survivor = survivor.clone();
         async move { Ok(create_session(&survivor, json!({})).await.is_ok()) }
@@ -355,55 +380,6 @@ async fn without_quorum_nodes_answer_503_and_recover() -> anyhow::Result<()> {
     let session = get_json(&format!("{survivor}/api/sessions/{id}")).await?;
     assert_eq!(session["data"], json!({"v": 1}));
     Ok(())
-}
-
-#[tokio::test]
-async fn internal_requests_need_a_fresh_valid_signature() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cluster = TestCluster::start(dir.path(), 3, &[])?;
-    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
-    let path = "/internal/raft/read-index";
-    let url = cluster.nodes[0].url(path);
-    let body = shoal_storage_free_body();
-    let send = |timestamp: Option<u64>, signature: Option<String>| {
-        let mut request = http().post(&url).body(body.clone());
-        if let Some(timestamp) = timestamp {
-            request = request.header("x-shoal-timestamp", timestamp.to_string());
-        }
-        if let Some(signature) = signature {
-            request = request.header("x-shoal-signature", signature);
-        }
-        request.send()
-    };
-    let now = shoal_raft::unix_millis();
-    let secret = ClusterSecret::new(TEST_SECRET.as_bytes().to_vec());
-    let forged = ClusterSecret::new(b"not-the-cluster-secret".to_vec());
-    assert_eq!(send(None, None).await?.status(), StatusCode::UNAUTHORIZED, "unsigned");
-    let wrong = forged.sign("POST", path, now, &body);
-    assert_eq!(send(Some(now), Some(wrong)).await?.status(), StatusCode::UNAUTHORIZED, "forged");
-    let stale_at = now - 120_000;
-    let stale = secret.sign("POST", path, stale_at, &body);
-    assert_eq!(
-        send(Some(stale_at), Some(stale)).await?.status(),
-        StatusCode::UNAUTHORIZED,
-        "stale"
-    );
-    let good = secret.sign("POST", path, now, &body);
-    assert_eq!(send(Some(now), Some(good)).await?.status(), StatusCode::OK, "signed by a member");
-
-    let refused = std::process::Command::new(shoal_binary())
-        .args(["--listen", "127.0.0.1:0", "--peers", "127.0.0.1:1"])
-        .env_remove("SHOAL_CLUSTER_SECRET")
-        .output()?;
-    assert_eq!(refused.status.code(), Some(2));
-    let stderr = String::from_utf8(refused.stderr)?;
-    assert!(stderr.contains("--peers") && stderr.contains("SHOAL_CLUSTER_SECRET"), "{stderr}");
-    Ok(())
-}
-
-/// The body of a read-index request: postcard of `()` behind the format byte.
-fn shoal_storage_free_body() -> Vec<u8> {
-    vec![1]
 }
 
 #[tokio::test]

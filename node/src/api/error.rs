@@ -78,6 +78,11 @@ impl From<Rejection> for ApiError {
             Rejection::BlobNotPending => {
                 Self::new(StatusCode::CONFLICT, "blob_not_pending", message)
             }
+            Rejection::RequestExpired => Self::unavailable(
+                "timeout",
+                "the write reached the cluster leader too late to tell whether it applied; \
+                 read the state, then retry",
+            ),
         }
     }
 }
@@ -114,6 +119,10 @@ impl From<ClusterError> for ApiError {
                 tracing::warn!(%reason, "the state store could not answer");
                 Self::unavailable("unavailable", format!("{reason}; retry shortly"))
             }
+            ClusterError::NoQuorum => Self::unavailable(
+                "no_quorum",
+                "this node is cut off from most of the cluster; retry on another node",
+            ),
             ClusterError::Storage(_) | ClusterError::Raft(_) => Self::internal(error),
         }
     }

@@ -1,32 +1,95 @@
-//! `/internal/*`: Raft RPCs, forwarded writes, read indexes. Every request must carry an
-//! HMAC-SHA256 under the cluster secret (see `shoal_raft::auth`); others get 401.
+//! `/internal/*`: Raft RPCs, forwarded writes, read indexes, relays. Every request must be
+//! signed for this node under the cluster secret, fresh and never seen before (see
+//! `shoal_raft::auth`), which [`authenticate`] decides from the head, before the body is
+//! read; every answer is signed for the request it answers, so callers can tell it from
+//! a stranger's.
+
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query};
+use axum::extract::{Extension, MatchedPath, Path, Query};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use shoal_raft::auth::{MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use shoal_raft::auth::{self, AuthError, Nonce, ReplayGuard, RequestHead, SIGNATURE_HEADER};
 use shoal_raft::network::{
-    APPEND_PATH, FORWARD_BATCH_PATH, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, SNAPSHOT_PATH,
-    VOTE_PATH,
+    Identity, APPEND_PATH, FORWARD_BATCH_PATH, FORWARD_PATH, IDENTITY_PATH, MEMBERSHIP_PATH,
+    READ_INDEX_PATH, SNAPSHOT_PATH, STREAM_DIGEST, VOTE_PATH,
 };
-use shoal_raft::{unix_millis, ClusterSecret, Command, MembershipChange};
+use shoal_raft::{unix_millis, ClusterSecret, Command, MembershipChange, NodeId};
 use shoal_storage::codec;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::sse::relay::Frame;
-use futures::StreamExt;
 
-/// The largest internal request: an append of many blob chunks, or a snapshot chunk.
-const MAX_INTERNAL_BODY: usize = 256 * 1024 * 1024;
+/// The path of the owner's event stream of a search or tracker.
+const STREAM_PATH: &str = "/internal/searches/{id}/stream";
+const CANCEL_PATH: &str = "/internal/searches/{id}/cancel";
+const TRACKER_EVENT_PATH: &str = "/internal/trackers/{id}/events";
+/// What bounds an append: openraft sends at most 300 entries, each at most a report
+/// chunk (256 KiB) or a batch of session writes.
+const MAX_APPEND_BYTES: u64 = 128 * 1024 * 1024;
+/// A snapshot arrives in chunks of openraft's `snapshot_max_chunk_size` (3 MiB).
+const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
+/// The most commands one forwarded batch carries (the group commit's batch size).
+const MAX_FORWARDED_COMMANDS: u64 = 256;
+/// Room around one command's session data or report chunk.
+const COMMAND_OVERHEAD_BYTES: u64 = 320 * 1024;
+/// Everything else is small: votes, read indexes, membership changes, search parameters.
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
-pub fn routes(secret: ClusterSecret) -> Router<AppState> {
+/// What the internal endpoints check before any handler runs.
+#[derive(Debug)]
+pub struct InternalGate {
+    secret: ClusterSecret,
+    node_id: NodeId,
+    replays: ReplayGuard,
+    /// The largest session data, which bounds forwarded writes and tracker events.
+    max_session_bytes: u64,
+}
+
+impl InternalGate {
+    /// Returns the gate of node `node_id`, which started at `started_ms`.
+    pub fn new(
+        secret: ClusterSecret,
+        node_id: NodeId,
+        started_ms: u64,
+        max_session_bytes: u64,
+    ) -> Self {
+        Self { secret, node_id, replays: ReplayGuard::new(started_ms), max_session_bytes }
+    }
+
+    /// Returns the largest body a request to the route `route` may declare.
+    fn body_limit(&self, route: &str) -> u64 {
+        let command = self.max_session_bytes.saturating_add(COMMAND_OVERHEAD_BYTES);
+        match route {
+            APPEND_PATH => MAX_APPEND_BYTES,
+            SNAPSHOT_PATH => MAX_SNAPSHOT_CHUNK_BYTES,
+            FORWARD_PATH => command,
+            FORWARD_BATCH_PATH => command.saturating_mul(MAX_FORWARDED_COMMANDS),
+            TRACKER_EVENT_PATH => command,
+            _ => SMALL_BODY_BYTES,
+        }
+    }
+}
+
+/// The nonce of a request that passed the gate, for handlers that sign as they stream.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    nonce: Nonce,
+}
+
+/// Marks a response whose lines the handler signed itself.
+#[derive(Debug, Clone, Copy)]
+struct SignedLines;
+
+pub fn routes(gate: Arc<InternalGate>) -> Router<AppState> {
     Router::new()
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
@@ -35,54 +98,118 @@ pub fn routes(secret: ClusterSecret) -> Router<AppState> {
         .route(FORWARD_BATCH_PATH, post(forward_batch))
         .route(READ_INDEX_PATH, post(read_index))
         .route(MEMBERSHIP_PATH, post(membership))
-        .route("/internal/searches/{id}/stream", get(stream))
-        .route("/internal/searches/{id}/cancel", post(cancel))
-        .route("/internal/trackers/{id}/events", post(tracker_event))
+        .route(IDENTITY_PATH, post(identity))
+        .route(STREAM_PATH, get(stream))
+        .route(CANCEL_PATH, post(cancel))
+        .route(TRACKER_EVENT_PATH, post(tracker_event))
         .route(super::searches::START_PATH, post(start_search))
-        .layer(axum::middleware::from_fn_with_state(secret, authenticate))
-        // Internal bodies (appends of blob chunks, snapshots) exceed the public limit.
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        // The gate has bounded the body by the route's own limit already.
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-/// Refuses unsigned, stale or forged requests with 401 before any handler runs.
+fn refused(
+    status: StatusCode,
+    code: &'static str,
+    reason: &'static str,
+    message: String,
+) -> Response {
+    metrics::counter!("shoal_internal_requests_refused_total", "reason" => reason).increment(1);
+    ApiError::new(status, code, message).into_response()
+}
+
+fn unauthorized(error: AuthError, path: &str) -> Response {
+    tracing::warn!(%error, path, "refused an internal request");
+    let message = format!("internal request refused: {error}");
+    refused(StatusCode::UNAUTHORIZED, "unauthorized", error.label(), message)
+}
+
+/// Returns the one `Content-Length` of a request, `Ok(None)` without one; an error for
+/// several or a malformed one.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(None),
+        (Some(length), None) => {
+            length.to_str().ok().and_then(|text| text.parse().ok()).map(Some).ok_or(())
+        }
+        (Some(_), Some(_)) => Err(()),
+    }
+}
+
+/// Admits a request only if it is signed for this node, fresh, new and within its
+/// route's size limit, all decided from its head; then checks the body against its signed
+/// digest, runs the handler and signs the answer for the request.
 async fn authenticate(
-    State(secret): State<ClusterSecret>,
+    State(gate): State<Arc<InternalGate>>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
-    // Refuse what cannot be genuine before reading (up to 256 MiB of) the body.
-    let fresh = header(TIMESTAMP_HEADER)
-        .and_then(|timestamp| timestamp.parse::<u64>().ok())
-        .is_some_and(|timestamp| timestamp.abs_diff(unix_millis()) <= MAX_SKEW_MS);
-    if !fresh || header(SIGNATURE_HEADER).is_none() {
-        let message = "unsigned or stale internal request";
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_INTERNAL_BODY).await else {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "internal request too large",
-        )
-        .into_response();
+    let path =
+        parts.uri.path_and_query().map_or(parts.uri.path(), |path| path.as_str()).to_string();
+    let route = parts.extensions.get::<MatchedPath>().map_or("", MatchedPath::as_str).to_string();
+    let Ok(declared) = declared_length(&parts.headers) else {
+        return unauthorized(AuthError::Unsigned, &path);
     };
-    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |path| path.as_str());
-    let verified = secret.verify(
-        parts.method.as_str(),
-        path,
-        header(TIMESTAMP_HEADER),
-        header(SIGNATURE_HEADER),
-        &bytes,
-        unix_millis(),
-    );
-    if let Err(error) = verified {
-        tracing::warn!(%error, path, "refused an internal request");
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
-            .into_response();
+    if declared.is_none() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        let message = "internal requests declare their length (Content-Length)".to_string();
+        return refused(StatusCode::LENGTH_REQUIRED, "length_required", "no_length", message);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
+    let (head, signature) = match RequestHead::parse(parts.method.as_str(), &path, declared, header)
+    {
+        Ok(parsed) => parsed,
+        Err(error) => return unauthorized(error, &path),
+    };
+    if let Err(error) = gate.secret.verify_request(&head, signature) {
+        return unauthorized(error, &path);
+    }
+    if head.target != gate.node_id {
+        return unauthorized(AuthError::WrongTarget, &path);
+    }
+    if let Err(error) = gate.replays.admit(head.nonce, head.timestamp_ms, unix_millis()) {
+        return unauthorized(error, &path);
+    }
+    let limit = gate.body_limit(&route);
+    if head.content_length > limit {
+        let message =
+            format!("{} bytes is over this endpoint's limit of {limit}", head.content_length);
+        return refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "too_large", message);
+    }
+    // Only now, with the sender known to hold the secret, is the body read.
+    let length = usize::try_from(head.content_length).unwrap_or(usize::MAX);
+    let bytes = match axum::body::to_bytes(body, length).await {
+        Ok(bytes) if bytes.len() == length && auth::body_digest(&bytes) == head.body_digest => {
+            bytes
+        }
+        _ => return unauthorized(AuthError::BodyMismatch, &path),
+    };
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(Verified { nonce: head.nonce });
+    let response = next.run(request).await;
+    sign_answer(&gate.secret, head.nonce, response).await
+}
+
+/// Signs `response` for the request with `nonce`: its status and body, or, for a stream
+/// whose lines are signed one by one, its status alone.
+async fn sign_answer(secret: &ClusterSecret, nonce: Nonce, response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let (digest, body) = if parts.extensions.get::<SignedLines>().is_some() {
+        (STREAM_DIGEST, body)
+    } else {
+        match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => (auth::body_digest(&bytes), Body::from(bytes)),
+            Err(error) => return ApiError::internal(error).into_response(),
+        }
+    };
+    let signature = secret.sign_response(nonce, status, &digest);
+    parts.headers.insert(
+        SIGNATURE_HEADER,
+        HeaderValue::from_str(&signature).expect("hex is a header value"),
+    );
+    Response::from_parts(parts, body)
 }
 
 fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
@@ -98,7 +225,7 @@ fn encoded<T: serde::Serialize>(value: &T) -> Response {
 
 async fn append(State(app): State<AppState>, body: Bytes) -> Response {
     match decode(&body) {
-        Ok(request) => encoded(&app.cluster.raft().append_entries(request).await),
+        Ok(request) => encoded(&app.cluster.append_entries(request).await),
         Err(response) => response,
     }
 }
@@ -145,6 +272,12 @@ async fn membership(State(app): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+/// Proves who this node is: the answer is signed, and the request was signed for this
+/// node id (see `InternalClient::identify`).
+async fn identity(State(app): State<AppState>) -> Response {
+    encoded(&Identity { node_id: app.cluster.node_id() })
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct StreamQuery {
     attempt: u32,
@@ -156,6 +289,7 @@ struct StreamQuery {
 /// 410 when it no longer has the events after that point.
 async fn stream(
     State(app): State<AppState>,
+    Extension(verified): Extension<Verified>,
     Path(id): Path<String>,
     Query(query): Query<StreamQuery>,
 ) -> Response {
@@ -169,7 +303,7 @@ async fn stream(
             .into_response();
     }
     let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
-    let replay: Vec<String> = subscription.replay.iter().map(|event| Frame::line(event)).collect();
+    let replay: Vec<String> = subscription.replay.iter().map(|event| Frame::json(event)).collect();
     let last_seen = subscription.replay.last().map_or(query.after, |event| event.seq);
     let closed = topic.closed();
     let live = futures::stream::unfold(
@@ -188,7 +322,7 @@ async fn stream(
                     _ = tokio::time::sleep(crate::sse::relay::HEARTBEAT) => None,
                 };
                 let Some(received) = received else {
-                    return Some(("\n".to_string(), (live, last_seen, done, topic, closed)));
+                    return Some((vec![String::new()], (live, last_seen, done, topic, closed)));
                 };
                 match received {
                     Ok(event) if event.seq <= last_seen => continue,
@@ -196,7 +330,7 @@ async fn stream(
                         last_seen = event.seq;
                         let terminal = event.is_terminal();
                         return Some((
-                            Frame::line(&event),
+                            vec![Frame::json(&event)],
                             (live, last_seen, terminal, topic, closed),
                         ));
                     }
@@ -206,7 +340,7 @@ async fn stream(
                         let Some(last) = missed.last() else { continue };
                         last_seen = last.seq;
                         let terminal = missed.iter().any(|event| event.is_terminal());
-                        let lines: String = missed.iter().map(|event| Frame::line(event)).collect();
+                        let lines = missed.iter().map(|event| Frame::json(event)).collect();
                         return Some((lines, (live, last_seen, terminal, topic, closed)));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -214,13 +348,20 @@ async fn stream(
             }
         },
     );
-    let lines = futures::stream::iter(replay)
-        .chain(live)
-        .map(|line| Ok::<_, std::convert::Infallible>(Bytes::from(line)));
-    Response::builder()
+    // Each line is signed for this request, numbered, so that the relay takes events from
+    // the owner only, none dropped, repeated or moved.
+    let mut signer = app.secret.line_signer(verified.nonce);
+    let lines = futures::stream::iter([replay]).chain(live).map(move |payloads| {
+        let signed: Vec<u8> =
+            payloads.iter().flat_map(|payload| signer.sign(payload.as_bytes())).collect();
+        Ok::<_, std::convert::Infallible>(Bytes::from(signed))
+    });
+    let mut response = Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(lines))
-        .expect("a streaming response builds")
+        .expect("a streaming response builds");
+    response.extensions_mut().insert(SignedLines);
+    response
 }
 
 /// Publishes an event of a tracker this node owns, on behalf of the node a worker asked.

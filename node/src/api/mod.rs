@@ -52,6 +52,9 @@ pub struct NodeContext {
     pub reports: Arc<Reports>,
     /// Signs and checks `/internal/*` requests.
     pub secret: ClusterSecret,
+    /// When this node started, in Unix milliseconds: it refuses internal requests signed
+    /// before (it cannot know which nonces it saw then).
+    pub started_ms: u64,
     pub gossip: Arc<Gossip>,
 }
 
@@ -79,7 +82,12 @@ pub fn router(state: AppState) -> Router {
         .merge(trackers::routes())
         .merge(downloads::routes())
         .merge(cluster::routes())
-        .merge(internal::routes(state.secret.clone()))
+        .merge(internal::routes(Arc::new(internal::InternalGate::new(
+            state.secret.clone(),
+            state.cluster.node_id(),
+            state.started_ms,
+            state.config.max_session_bytes,
+        ))))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see README.md for the API")
         })

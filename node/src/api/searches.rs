@@ -77,15 +77,17 @@ async fn place_elsewhere(app: &AppState, params: &SearchParams) -> ApiResult<(St
         .into_iter()
         .filter(|member| member.alive && member.ready && member.node_id != status.node_id)
         .filter(|member| status.members.iter().any(|(id, _)| *id == member.node_id))
-        .filter_map(|member| member.api_addr.clone().map(|addr| (member.load, addr)))
+        .filter_map(|member| {
+            member.api_addr.clone().map(|addr| (member.load, member.node_id, addr))
+        })
         .collect();
     candidates.sort();
     let body = serde_json::to_vec(params).map_err(ApiError::internal)?;
-    for (load, addr) in candidates {
+    for (load, node_id, addr) in candidates {
         let placed = app
             .cluster
             .client()
-            .relay_post(&addr, START_PATH, body.clone(), app.config.request_timeout)
+            .relay_post(&addr, node_id, START_PATH, body.clone(), app.config.request_timeout)
             .await;
         match placed {
             Ok((202, answer)) => {
@@ -145,7 +147,8 @@ async fn cancel_search(State(app): State<AppState>, Path(id): Path<String>) -> A
         })?;
         let path = format!("/internal/searches/{id}/cancel");
         let timeout = app.config.request_timeout;
-        app.cluster.client().post(&owner, &path, Vec::new(), timeout).await.map_err(|error| {
+        let client = app.cluster.client();
+        client.post(&owner, record.owner, &path, Vec::new(), timeout).await.map_err(|error| {
             tracing::warn!(search_id = %id, %error, "forwarding a cancel to the owner failed");
             ApiError::unavailable(
                 "owner_unreachable",

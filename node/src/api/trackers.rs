@@ -120,7 +120,7 @@ async fn post_event(
         let (status, body) = app
             .cluster
             .client()
-            .relay_post(&owner, &path, body, app.config.request_timeout)
+            .relay_post(&owner, record.owner, &path, body, app.config.request_timeout)
             .await
             .map_err(|error| {
                 tracing::warn!(tracker_id = %id, %error, "forwarding a tracker event failed");

@@ -78,6 +78,10 @@ pub async fn run(
 
 /// How many consecutive ticks the same set of nodes must be seen before it bootstraps.
 const STABLE_TICKS: u32 = 3;
+/// How long a node may take to prove who it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the autopilot repeats its warning about the same unproven newcomer.
+const UNPROVEN_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Decides, on a node without a cluster, when to initialize one (DESIGN §8): exactly
 /// `expect` uninitialized live nodes, none initialized or undecided, the same set for
@@ -133,6 +137,16 @@ impl Bootstrap {
                 (member.node_id, RaftNode { addr: member.api_addr.clone().expect("waiting") })
             })
             .collect();
+        // Gossip is sealed under the secret already; each founder also proves, at the
+        // address it will be reached at, that it is the node it says it is.
+        for (node_id, node) in voters.iter().filter(|(node_id, _)| **node_id != cluster.node_id()) {
+            if let Err(error) = cluster.client().identify(&node.addr, *node_id, PROBE_TIMEOUT).await
+            {
+                tracing::warn!(node_id, addr = %node.addr, %error, "not bootstrapping: a peer did not prove who it is");
+                self.stable_ticks = 0;
+                return;
+            }
+        }
         match cluster.initialize(voters).await {
             Ok(()) => tracing::info!(ids = ?view, "bootstrapped a new cluster from the peer list"),
             Err(error) => tracing::warn!(%error, "bootstrapping the cluster failed; retrying"),
@@ -145,6 +159,8 @@ impl Bootstrap {
 struct Autopilot {
     /// When each member was first seen dead, for `--dead-node-timeout`.
     dead_since: HashMap<NodeId, Instant>,
+    /// When the autopilot last warned of a newcomer that did not prove who it is.
+    unproven: HashMap<NodeId, Instant>,
 }
 
 impl Autopilot {
@@ -163,6 +179,17 @@ impl Autopilot {
             if let (true, false, Some(addr)) =
                 (fresh, in_cluster.contains(&member.node_id), &member.api_addr)
             {
+                // Only a node that proves, at that address, that it holds the secret and
+                // is that node joins: the membership rests on nothing else.
+                let identified = cluster.client().identify(addr, member.node_id, PROBE_TIMEOUT);
+                if let Err(error) = identified.await {
+                    let warned = self.unproven.get(&member.node_id);
+                    if warned.is_none_or(|at| at.elapsed() >= UNPROVEN_WARNING_INTERVAL) {
+                        tracing::warn!(node_id = member.node_id, %addr, %error, "a newcomer did not prove who it is at its address; not adding it");
+                        self.unproven.insert(member.node_id, Instant::now());
+                    }
+                    continue;
+                }
                 let change =
                     MembershipChange::AddLearner { node_id: member.node_id, addr: addr.clone() };
                 match cluster.change_membership_local(change).await {

@@ -2,18 +2,18 @@
 //! and what each node says of itself (Raft state, readiness, load).
 
 pub mod membership;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
 };
 use serde::Serialize;
-use shoal_raft::NodeId;
+use shoal_raft::{ClusterSecret, NodeId};
 
 /// The `host:port` of the node's HTTP API.
 pub const KEY_API_ADDR: &str = "api_addr";
@@ -42,6 +42,10 @@ pub struct GossipSettings {
     /// `host:port` gossip addresses of the peers to start from.
     pub seeds: Vec<String>,
     pub interval: Duration,
+    /// Seals and opens every datagram (see `transport.rs`).
+    pub secret: ClusterSecret,
+    /// When this node started, in Unix milliseconds: datagrams sealed before are refused.
+    pub started_ms: u64,
 }
 
 /// What gossip says of one node.
@@ -98,7 +102,8 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
-        let handle = spawn_chitchat(config, initial, &UdpTransport).await.map_err(|error| {
+        let transport = transport::SealedUdp::new(settings.secret.clone(), settings.started_ms);
+        let handle = spawn_chitchat(config, initial, &transport).await.map_err(|error| {
             anyhow::anyhow!("cannot gossip on UDP {}: {error}", settings.listen)
         })?;
         Ok(Self { handle, node_id: settings.node_id })

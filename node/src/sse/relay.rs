@@ -4,7 +4,8 @@
 //!
 //! Wire format of `GET /internal/searches/{id}/stream?attempt=A&after=S`: one JSON object
 //! per line, `{"seq","kind","data"}`, the events of attempt A after S, ending after the
-//! terminal one.
+//! terminal one; an empty line now and then as a heartbeat. Every line is signed for the
+//! request (`shoal_raft::auth::LineSigner`): lines that fail end the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,13 +37,11 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Returns the frame of `event`, as one line.
-    pub fn line(event: &ProgressEvent) -> String {
+    /// Returns the frame of `event` as JSON on one line (without its newline).
+    pub fn json(event: &ProgressEvent) -> String {
         let frame =
             Frame { seq: event.seq, kind: event.kind.to_string(), data: event.data.clone() };
-        let mut line = serde_json::to_string(&frame).expect("frames serialize");
-        line.push('\n');
-        line
+        serde_json::to_string(&frame).expect("frames serialize")
     }
 }
 
@@ -115,35 +114,35 @@ async fn relay_once(
         },
     };
     let path = stream_path(id, topic.attempt, topic.last_seq().await);
-    let mut response = match cluster.client().open_stream(&addr, &path, CONNECT_TIMEOUT).await {
-        Ok(response) => response,
+    let client = cluster.client();
+    let mut lines = match client.open_stream(&addr, owner, &path, CONNECT_TIMEOUT).await {
+        Ok(lines) => lines,
         Err(error) => {
             tracing::debug!(search_id = %id, %error, "relay could not reach the owner");
             return false;
         }
     };
-    let mut buffer = Vec::new();
     loop {
-        let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            Ok(Ok(None) | Err(_)) | Err(_) => return false,
-        };
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue; // heartbeat
-            }
-            let Ok(frame) = serde_json::from_slice::<Frame>(&line) else { continue };
-            let Some(kind) = ProgressEvent::known_kind(&frame.kind) else { continue };
-            let terminal = matches!(kind, "completed" | "failed" | "cancelled");
-            if !topic.push_relayed(frame.seq, kind, frame.data).await {
-                // Out of order: reconnect from what this topic has.
+        let line = match tokio::time::timeout(SILENCE, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Err(error)) => {
+                tracing::warn!(search_id = %id, %error, "relay stream broke");
                 return false;
             }
-            if terminal {
-                return true;
-            }
+            Ok(Ok(None)) | Err(_) => return false,
+        };
+        if line.is_empty() {
+            continue; // heartbeat
+        }
+        let Ok(frame) = serde_json::from_slice::<Frame>(&line) else { continue };
+        let Some(kind) = ProgressEvent::known_kind(&frame.kind) else { continue };
+        let terminal = matches!(kind, "completed" | "failed" | "cancelled");
+        if !topic.push_relayed(frame.seq, kind, frame.data).await {
+            // Out of order: reconnect from what this topic has.
+            return false;
+        }
+        if terminal {
+            return true;
         }
     }
 }

@@ -1,0 +1,86 @@
+//! Whether this node is in contact with its cluster, so that a node cut off answers 503
+//! within about an election timeout instead of letting requests wait for
+//! `request_timeout` (load balancers then move on to a node that can serve).
+//!
+//! A leader is in contact while a quorum acknowledged it within the longest election
+//! timeout (openraft's `millis_since_quorum_ack`, refreshed on every tick of its core);
+//! a follower or learner while its leader's appends reached it within that time; a
+//! candidate never (it has no leader to serve through).
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::types::Raft;
+
+/// When the leader was last heard from (set by the append-entries endpoint).
+#[derive(Debug)]
+pub(crate) struct Contact {
+    heard_at: Mutex<Instant>,
+}
+
+impl Default for Contact {
+    /// Counts a start as contact: the leader's next heartbeat is due within moments.
+    fn default() -> Self {
+        Self { heard_at: Mutex::new(Instant::now()) }
+    }
+}
+
+impl Contact {
+    /// Notes that the leader this node follows reached it now.
+    pub(crate) fn heard_from_leader(&self) {
+        *self.heard_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn since_heard(&self) -> Duration {
+        self.heard_at.lock().unwrap_or_else(PoisonError::into_inner).elapsed()
+    }
+}
+
+/// Starts the task that decides, every `tick`, whether this node is in contact (see the
+/// module docs), with `limit` the longest election timeout; returns its verdicts. The
+/// task ends when every receiver is gone.
+pub(crate) fn spawn_monitor(
+    raft: Raft,
+    contact: std::sync::Arc<Contact>,
+    limit: Duration,
+    tick: Duration,
+) -> watch::Receiver<bool> {
+    let (verdicts, in_contact) = watch::channel(true);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading_since: Option<Instant> = None;
+        while !verdicts.is_closed() {
+            ticker.tick().await;
+            let (state, millis_since_quorum_ack) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.state, metrics.millis_since_quorum_ack)
+            };
+            let now = Instant::now();
+            let verdict = match state {
+                ServerState::Leader => {
+                    let since = *leading_since.get_or_insert(now);
+                    match millis_since_quorum_ack {
+                        Some(millis) => Duration::from_millis(millis) <= limit,
+                        // Not acknowledged by a quorum yet: fine for a newly elected leader.
+                        None => now.duration_since(since) <= limit,
+                    }
+                }
+                ServerState::Follower | ServerState::Learner => {
+                    leading_since = None;
+                    contact.since_heard() <= limit
+                }
+                ServerState::Candidate | ServerState::Shutdown => {
+                    leading_since = None;
+                    false
+                }
+            };
+            verdicts.send_if_modified(|current| std::mem::replace(current, verdict) != verdict);
+        }
+    });
+    in_contact
+}
