@@ -1,4 +1,5 @@
 use std::io;
+use std::path::PathBuf;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +13,21 @@ pub enum StorageError {
     /// A stored record could not be decoded.
     #[error("corrupt record in {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    /// A file of the Raft log is damaged, or missing: acknowledged writes may be lost, so
+    /// the node must not start on it. The message names the file and what to do.
+    #[error(
+        "raft log damaged: {}: {reason}. This replica cannot be trusted: rebuild it from \
+         the cluster with `shoal reset-replica --data-dir <dir>` and start the node again \
+         (it rejoins by snapshot); a single-node cluster has no other copy: restore the \
+         data dir from a backup",
+        path.display()
+    )]
+    Damaged {
+        /// The damaged or missing file (or the log's directory, when no one file is).
+        path: PathBuf,
+        /// What is wrong, in the terms of the log's format.
+        reason: String,
+    },
     /// A record carries a format version this build does not know.
     #[error("record format version {found} is not supported (this build reads {supported})")]
     UnsupportedVersion { found: u8, supported: u8 },
@@ -23,6 +39,14 @@ impl From<sled::Error> for StorageError {
             sled::Error::Io(io_error) => StorageError::Io(io_error),
             other => StorageError::Engine(other.to_string()),
         }
+    }
+}
+
+impl StorageError {
+    /// Returns whether the local replica is damaged and must be rebuilt or restored
+    /// (retrying cannot help).
+    pub fn is_damaged(&self) -> bool {
+        matches!(self, StorageError::Damaged { .. })
     }
 }
 

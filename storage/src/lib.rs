@@ -20,4 +20,4 @@ pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use redis::{Redis, RedisBlobStore, RedisMessage, RedisResult};
 pub use s3::{S3BlobStore, S3Settings};
-pub use wal::{Recovery, Wal};
+pub use wal::{CheckedWal, Recovery, Wal};

@@ -8,6 +8,13 @@
 //! Purging never runs ahead of the state machine: with a purge guard set, `purge(upto)`
 //! first waits until the state machine's state at `upto` or later is durable, so that a
 //! crash can never leave a state machine behind the start of the log.
+//!
+//! Opening never loses acknowledged entries silently. The [`Wal`] refuses what its files
+//! show to be damaged; what they cannot show is checked here, before the log is repaired
+//! (a torn append cut): the log must still hold every index openraft recorded as
+//! committed (the commit hint; an older hint only checks less), and must start right
+//! after its purge point. Either failing is a [`StorageError::Damaged`]; without it
+//! openraft would stop with an error of its own, or carry on without the entries.
 
 use std::fmt::Debug;
 use std::io;
@@ -23,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::wal::Wal;
-use crate::{codec, Engine, WriteBatch};
+use crate::wal::{CheckedWal, Wal};
+use crate::{codec, Engine, StorageError, WriteBatch};
 
 /// Where builds before the segment log kept the log and the vote, in the engine.
 const LEGACY_LOG_TREE: &str = "raft_log";
@@ -96,17 +103,10 @@ where
         if let Some(engine) = legacy {
             import_legacy_log::<C>(engine, dir)?;
         }
-        let (wal, recovery) = Wal::open(dir)?;
-        if recovery.torn_bytes > 0 {
-            tracing::warn!(
-                torn_bytes = recovery.torn_bytes,
-                "the raft log ended in an unfinished append, which was dropped"
-            );
-        }
-        let meta = match wal.read_meta()? {
-            Some(bytes) => codec::decode(&bytes, "raft log meta")?,
-            None => Meta { vote: None, last_purged: None },
-        };
+        let checked = Wal::check(dir)?;
+        let meta = read_meta::<C>(&checked)?;
+        check_holds_what_was_acknowledged(&checked, &meta)?;
+        let (wal, _) = checked.open()?;
         Ok(Self {
             wal: Arc::new(wal),
             meta: Arc::new(Mutex::new(meta)),
@@ -153,6 +153,69 @@ where
         *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = meta;
         Ok(())
     }
+}
+
+/// Reads the vote and purge point, as kept beside the log.
+fn read_meta<C: RaftTypeConfig>(checked: &CheckedWal) -> crate::Result<Meta<C>> {
+    let Some(bytes) = checked.read_meta()? else {
+        return Ok(Meta { vote: None, last_purged: None });
+    };
+    codec::decode(&bytes, "raft log meta").map_err(|error| match error {
+        // Passed its checksum, yet is not a Meta.
+        StorageError::Corrupt { reason, .. } => {
+            StorageError::Damaged { path: checked.meta_path(), reason }
+        }
+        other => other,
+    })
+}
+
+/// Refuses a log that lost entries at its end or its front, by what openraft recorded.
+///
+/// The commit hint is written only after the entries it covers were appended and
+/// fsynced (openraft awaits `append`, which returns after the fsync, before it commits),
+/// and committed entries are never truncated, only purged; so a hint above both the last
+/// entry and the purge point means entries were lost. (openraft 0.9 does not save the
+/// committed index when it installs a snapshot, so a hint never runs ahead of the log
+/// that way.) openraft reads the log from the purge point on: a log that starts later
+/// lost its front.
+fn check_holds_what_was_acknowledged<C>(checked: &CheckedWal, meta: &Meta<C>) -> crate::Result<()>
+where
+    C: RaftTypeConfig,
+{
+    let held = checked.bounds();
+    let purged = meta.last_purged.as_ref().map(|log_id| log_id.index);
+    let committed = checked
+        .read_hint()
+        .and_then(|bytes| codec::decode::<Option<LogId<C::NodeId>>>(&bytes, "commit hint").ok())
+        .flatten()
+        .map(|log_id| log_id.index);
+    let describe = |index: Option<u64>| index.map_or("nothing".to_string(), |i| i.to_string());
+    if let Some(committed) = committed {
+        if Some(committed) > held.map(|(_, last)| last).max(purged) {
+            let path = checked.newest_segment_path().unwrap_or_else(|| checked.dir().to_path_buf());
+            let reason = format!(
+                "openraft recorded index {committed} as committed, but the log holds entries \
+                 only up to {} and is purged up to {}: acknowledged entries are missing",
+                describe(held.map(|(_, last)| last)),
+                describe(purged)
+            );
+            return Err(StorageError::Damaged { path, reason });
+        }
+    }
+    if let Some((first, _)) = held {
+        let expected_first = purged.map_or(0, |purged| purged + 1);
+        if first > expected_first {
+            let path = checked.first_segment_path().expect("a log holding entries has one");
+            let reason = format!(
+                "the log starts at index {first}, but it is purged only up to {}: entries \
+                 {expected_first} to {} are missing",
+                describe(purged),
+                first - 1
+            );
+            return Err(StorageError::Damaged { path, reason });
+        }
+    }
+    Ok(())
 }
 
 /// Runs `work` on the blocking threads.
@@ -487,6 +550,119 @@ mod tests {
         let engine =
             Arc::new(SledEngine::open_with_cache(&dir.path().join("db"), 1 << 20).unwrap());
         imports_a_legacy_log(engine, dir.path());
+    }
+
+    /// Returns every file of `dir` with its bytes.
+    fn dir_contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .map(|path| (path.clone(), std::fs::read(&path).unwrap()))
+            .collect()
+    }
+
+    /// Opens the store in `dir`, which must be refused as damaged, naming `file`, with
+    /// every file left as it was; returns the message.
+    fn assert_refused(dir: &Path, file: &Path) -> String {
+        let before = dir_contents(dir);
+        let error = LogStore::<TestConfig>::open(dir, None).expect_err("must be refused");
+        let StorageError::Damaged { path, .. } = &error else { panic!("not damage: {error}") };
+        assert_eq!(path, file, "{error}");
+        assert_eq!(dir_contents(dir), before, "a refused open changed the files");
+        error.to_string()
+    }
+
+    fn encoded(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|index| (index, codec::encode(&blank(index)))).collect()
+    }
+
+    /// Writes entries 0..=9 in two appends, 0..=4 and 5..=9, into one segment, with
+    /// `committed` recorded as committed; returns the segment and where its first append
+    /// ends.
+    async fn ten_entries(dir: &Path, committed: u64) -> (PathBuf, u64) {
+        let mut store = LogStore::<TestConfig>::open(dir, None).unwrap();
+        store.wal.append(&encoded(0..5)).unwrap();
+        let segment = dir.join(format!("{:020}.seg", 0));
+        let first_append_end = std::fs::metadata(&segment).unwrap().len();
+        store.wal.append(&encoded(5..10)).unwrap();
+        store.save_committed(Some(log_id(committed))).await.unwrap();
+        (segment, first_append_end)
+    }
+
+    #[tokio::test]
+    async fn entries_lost_from_the_end_are_refused_by_the_commit_hint_before_any_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, first_append_end) = ten_entries(dir.path(), 9).await;
+        let whole = std::fs::read(&segment).unwrap();
+
+        // The segment cut at the end of its first append: its own bytes cannot show it.
+        std::fs::write(&segment, &whole[..first_append_end as usize]).unwrap();
+        assert_eq!(Wal::check(dir.path()).unwrap().bounds(), Some((0, 4)));
+        let message = assert_refused(dir.path(), &segment);
+        assert!(message.contains("openraft recorded index 9 as committed"), "{message}");
+        assert!(message.contains("holds entries only up to 4 and is purged up to nothing"));
+
+        // A byte of the last append flipped: to the log alone, a torn append to cut.
+        let mut damaged = whole.clone();
+        let last_byte_of_entry_9 = whole.len() - 28 - 1;
+        damaged[last_byte_of_entry_9] ^= 1;
+        std::fs::write(&segment, &damaged).unwrap();
+        let checked = Wal::check(dir.path()).unwrap();
+        assert_eq!(checked.bounds(), Some((0, 4)));
+        assert_eq!(checked.recovery().torn_bytes, whole.len() as u64 - first_append_end);
+        drop(checked);
+        assert_refused(dir.path(), &segment);
+
+        std::fs::write(&segment, &whole).unwrap();
+        let mut store = LogStore::<TestConfig>::open(dir.path(), None).unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(9)));
+    }
+
+    #[tokio::test]
+    async fn a_torn_append_above_the_commit_hint_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, first_append_end) = ten_entries(dir.path(), 4).await;
+        let whole = std::fs::read(&segment).unwrap();
+        std::fs::write(&segment, &whole[..first_append_end as usize + 40]).unwrap();
+        let mut store = LogStore::<TestConfig>::open(dir.path(), None).unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(4)));
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), first_append_end);
+    }
+
+    #[tokio::test]
+    async fn entries_missing_at_the_front_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |index: u64| openraft::Entry::<TestConfig> {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal("x".repeat(3 << 20)),
+        };
+        let first = dir.path().join(format!("{:020}.seg", 0));
+        let second = dir.path().join(format!("{:020}.seg", 2));
+        {
+            let store = LogStore::<TestConfig>::open(dir.path(), None).unwrap();
+            for index in 0..2 {
+                store.wal.append(&[(index, codec::encode(&big(index)))]).unwrap();
+            }
+            store.wal.append(&encoded(2..5)).unwrap();
+            assert!(first.exists() && second.exists());
+        }
+        // The first segment (entries 0 and 1) deleted; nothing was purged.
+        let kept = std::fs::read(&first).unwrap();
+        std::fs::remove_file(&first).unwrap();
+        let message = assert_refused(dir.path(), &second);
+        assert!(message.contains("starts at index 2, but it is purged only up to nothing"));
+        assert!(message.contains("entries 0 to 1 are missing"), "{message}");
+
+        // Purged up to 1, the same files are a whole log.
+        std::fs::write(&first, kept).unwrap();
+        let mut store = LogStore::<TestConfig>::open(dir.path(), None).unwrap();
+        store.purge(log_id(1)).await.unwrap();
+        assert!(!first.exists());
+        drop(store);
+        let mut store = LogStore::<TestConfig>::open(dir.path(), None).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1)));
+        assert_eq!(state.last_log_id, Some(log_id(4)));
     }
 
     #[test]
