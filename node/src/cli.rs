@@ -1,4 +1,5 @@
-//! The client subcommands: `shoal status` and `shoal remove-node`.
+//! The client subcommands, `shoal status` and `shoal remove-node`, and
+//! `shoal reset-replica`.
 
 use std::time::Duration;
 
@@ -82,4 +83,21 @@ pub async fn remove_node(
         bail!("{url} answered {status}: {}", cell(&body["message"]));
     }
     Ok(format!("removed node {node_id}"))
+}
+
+/// Moves the replica in `data_dir` aside (see `data_dir::reset_replica`) and says what
+/// happens next.
+pub fn reset_replica(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let reset = crate::data_dir::reset_replica(data_dir)?;
+    Ok(format!(
+        "moved {} of node {} into {}\n\
+         Start the node again as before (same --peers, no --node-id of the old member): it \
+         joins its cluster under a new id, catches up by snapshot, and the leader puts it in \
+         place of node {} once it has caught up. Delete {} when you no longer need it.",
+        reset.moved.join(", "),
+        reset.old_node_id,
+        reset.moved_to.display(),
+        reset.old_node_id,
+        reset.moved_to.display(),
+    ))
 }

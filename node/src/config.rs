@@ -29,6 +29,14 @@ pub enum CliCommand {
         #[arg(long, env = "SHOAL_NODE", default_value = "http://127.0.0.1:8000")]
         node: String,
     },
+    /// Drop this node's damaged replica (Raft log and state, moved aside, nothing deleted)
+    /// so that it rejoins its cluster as a new member and catches up by snapshot; run it
+    /// with the node stopped, then start the node as before.
+    ResetReplica {
+        /// The data dir of the stopped node
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+        data_dir: PathBuf,
+    },
     /// Remove a member from the cluster (needs the admin token).
     RemoveNode {
         /// The node id to remove (see `shoal status`)

@@ -16,6 +16,8 @@ const ENGINE_DIRS: [(StorageEngine, &str); 2] =
 const SIGNING_KEY_FILE: &str = "signing.key";
 /// Where the Raft log's segment files are kept.
 const RAFT_LOG_DIR: &str = "raft-log";
+/// Present after `shoal reset-replica`: the id of the member this node rejoins in place of.
+const REPLACES_FILE: &str = "replaces_node";
 
 /// Returns the directory of the Raft log inside the data dir.
 pub fn raft_log(data_dir: &Path) -> std::path::PathBuf {
@@ -73,6 +75,72 @@ pub fn node_id(data_dir: &Path, requested: Option<u64>) -> anyhow::Result<u64> {
             Ok(id)
         }
         Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// What [`reset_replica`] did.
+#[derive(Debug)]
+pub struct Reset {
+    /// The member the node was, which the cluster replaces by the node's new id.
+    pub old_node_id: u64,
+    /// Where the old replica's files went.
+    pub moved_to: std::path::PathBuf,
+    pub moved: Vec<String>,
+}
+
+/// Drops the local replica of a stopped node so that it rejoins its cluster as a new
+/// member and catches up by snapshot: moves the Raft log, the database and the node id
+/// into `damaged-<unix seconds>/` (nothing is deleted) and records the old id, which the
+/// leader replaces by the new one once it has caught up (`gossip/membership.rs`).
+///
+/// A new id, not the old one: the old replica may have voted in terms it no longer
+/// remembers, and a member that votes twice in a term can elect two leaders.
+pub fn reset_replica(data_dir: &Path) -> anyhow::Result<Reset> {
+    let id_path = data_dir.join(NODE_ID_FILE);
+    let text = fs::read_to_string(&id_path).with_context(|| {
+        format!("{} holds no node id: is this a shoal data dir?", data_dir.display())
+    })?;
+    let old_node_id: u64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} is corrupt: expected a node id", id_path.display()))?;
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let moved_to = data_dir.join(format!("damaged-{seconds}"));
+    fs::create_dir(&moved_to).with_context(|| format!("cannot create {}", moved_to.display()))?;
+    let mut moved = Vec::new();
+    let names = [RAFT_LOG_DIR, "db", "redb", NODE_ID_FILE];
+    for name in names.iter().filter(|name| data_dir.join(name).exists()) {
+        fs::rename(data_dir.join(name), moved_to.join(name))
+            .with_context(|| format!("cannot move {name} into {}", moved_to.display()))?;
+        moved.push(name.to_string());
+    }
+    write_durably(&data_dir.join(REPLACES_FILE), old_node_id.to_string().as_bytes())?;
+    Ok(Reset { old_node_id, moved_to, moved })
+}
+
+/// Returns the member this node rejoins in place of, after `shoal reset-replica`.
+pub fn replaces(data_dir: &Path) -> anyhow::Result<Option<u64>> {
+    let path = data_dir.join(REPLACES_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{} is corrupt: expected a node id", path.display())),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Forgets the member this node replaced, once the cluster no longer has it.
+pub fn replaced(data_dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(data_dir.join(REPLACES_FILE)) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(error).context("cannot remove the replaces_node file")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -155,6 +223,25 @@ mod tests {
         let error = prepare(old.path(), StorageEngine::Redb).unwrap_err().to_string();
         assert!(error.contains("--storage-engine sled"), "{error}");
         assert!(!old.path().join("redb").exists(), "nothing created on a refusal");
+    }
+
+    #[test]
+    fn a_reset_moves_the_replica_aside_and_a_new_id_is_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = node_id(dir.path(), None).unwrap();
+        fs::create_dir_all(raft_log(dir.path())).unwrap();
+        fs::write(raft_log(dir.path()).join("00000000000000000001.seg"), b"x").unwrap();
+        fs::write(dir.path().join("redb"), b"db").unwrap();
+        let reset = reset_replica(dir.path()).unwrap();
+        assert_eq!(reset.old_node_id, old);
+        assert_eq!(reset.moved, ["raft-log", "redb", "node_id"]);
+        assert!(reset.moved_to.join("raft-log/00000000000000000001.seg").exists());
+        assert!(!raft_log(dir.path()).exists() && !dir.path().join("redb").exists());
+        assert_eq!(replaces(dir.path()).unwrap(), Some(old));
+        assert_ne!(node_id(dir.path(), None).unwrap(), old);
+        replaced(dir.path()).unwrap();
+        assert_eq!(replaces(dir.path()).unwrap(), None);
+        assert!(reset_replica(&dir.path().join("nothing")).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Some(CliCommand::Serve(args)) => *args,
         None => cli.serve,
         Some(CliCommand::Status { node }) => return print(runtime.block_on(cli::status(&node))),
+        Some(CliCommand::ResetReplica { data_dir }) => return print(cli::reset_replica(&data_dir)),
         Some(CliCommand::RemoveNode { node_id, node, admin_token }) => {
             return print(runtime.block_on(cli::remove_node(
                 &node,

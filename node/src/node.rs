@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use shoal_raft::{
-    spawn_maintenance, Cluster, ClusterBlobStore, ClusterOptions, ClusterSecret, InternalClient,
-    Node as RaftNode, Toucher,
+    spawn_maintenance, Cluster, ClusterBlobStore, ClusterError, ClusterOptions, ClusterSecret,
+    InternalClient, Node as RaftNode, Toucher,
 };
 use shoal_storage::{
     BlobStore, Engine, RedbEngine, Redis, RedisBlobStore, S3BlobStore, SledEngine,
@@ -24,7 +24,9 @@ use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat, StorageEngine};
 use crate::data_dir;
 use crate::gossip::membership::{raft_state, MembershipSettings};
-use crate::gossip::{self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT};
+use crate::gossip::{
+    self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT, KEY_REPLACES,
+};
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::reports::{DownloadSigner, Reports, S3Reports};
 use crate::sse::redis_feed::RedisFeed;
@@ -63,6 +65,13 @@ impl Node {
         let local_addr = listener.local_addr()?;
         let engine_path = data_dir::prepare(&config.data_dir, config.storage_engine)?;
         let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
+        let replaces = data_dir::replaces(&config.data_dir)?;
+        if replaces == Some(node_id) {
+            anyhow::bail!(
+                "this data dir was reset (shoal reset-replica) to rejoin as a new member, but \
+                 --node-id names the member it replaces ({node_id}): give it a new --node-id"
+            );
+        }
         let instance_id = config.instance_id.clone().unwrap_or_else(|| format!("shoal-{node_id}"));
         let advertise_addr =
             config.advertise_addr.clone().unwrap_or_else(|| advertised(local_addr));
@@ -80,8 +89,11 @@ impl Node {
             .await?
             .with_context(|| {
                 format!(
-                    "cannot open the database in {} (is another node using this data dir?)",
-                    engine_path.display()
+                    "cannot open the database in {} (is another node using this data dir? if \
+                     the file is damaged, rebuild this replica from its cluster with \
+                     `shoal reset-replica --data-dir {}`, then start the node as before)",
+                    engine_path.display(),
+                    config.data_dir.display()
                 )
             })?;
             engine
@@ -106,13 +118,31 @@ impl Node {
         };
         let log_dir = data_dir::raft_log(&config.data_dir);
         let cluster =
-            Cluster::start(engine.clone(), &log_dir, options).await.context("cannot start raft")?;
+            Cluster::start(engine.clone(), &log_dir, options).await.map_err(
+                |error| match error {
+                    ClusterError::Damaged(damage) => anyhow::anyhow!(
+                    "{damage}\nTo rebuild this replica: `shoal reset-replica --data-dir {}` with \
+                     the node stopped, then start it as before.",
+                    config.data_dir.display()
+                ),
+                    other => anyhow::Error::new(other).context("cannot start raft"),
+                },
+            )?;
         let peers: Vec<String> =
             config.peers.iter().filter(|peer| **peer != advertise_addr).cloned().collect();
         let bootstrap_expect = config
             .bootstrap_expect
             .unwrap_or_else(|| peers.iter().collect::<std::collections::BTreeSet<_>>().len() + 1);
-        if cluster.is_initialized().await? {
+        let initialized = cluster.is_initialized().await?;
+        if let (Some(old), false, true) = (replaces, initialized, peers.is_empty()) {
+            anyhow::bail!(
+                "this data dir was reset (shoal reset-replica) to rejoin its cluster in place \
+                 of node {old}, but no --peers names that cluster; start it with --peers. (A \
+                 single node has no other copy: to start it empty instead, delete {})",
+                config.data_dir.join("replaces_node").display()
+            );
+        }
+        if initialized {
             tracing::info!(node_id, "recovered raft state from the data dir");
         } else if peers.is_empty() && bootstrap_expect <= 1 {
             let members = BTreeMap::from([(node_id, RaftNode { addr: advertise_addr.clone() })]);
@@ -251,6 +281,10 @@ impl Node {
                     // A restarted node says at once that it belongs to a cluster, so that
                     // no fresh node counts it as one to bootstrap with.
                     (KEY_RAFT.to_string(), raft_state(&cluster.status()).to_string()),
+                    (
+                        KEY_REPLACES.to_string(),
+                        replaces.map_or_else(String::new, |old| old.to_string()),
+                    ),
                 ],
             )
             .await?,
@@ -265,6 +299,7 @@ impl Node {
                 dead_node_timeout: config.dead_node_timeout,
                 interval: config.gossip_interval,
                 caught_up_lag: 100,
+                replaces: replaces.map(|old| (old, config.data_dir.clone())),
             },
             stop_maintenance.subscribe(),
         ));

@@ -60,6 +60,9 @@ pub enum MembershipChange {
     Promote { node_ids: BTreeSet<NodeId> },
     /// Removes a voter or learner.
     Remove { node_id: NodeId },
+    /// Makes learner `new` a voter in place of voter `old`, in one change (a member
+    /// whose replica was dropped and rebuilt rejoins under a new id).
+    Replace { old: NodeId, new: NodeId },
 }
 
 /// A node's view of the cluster, for health, metrics and `shoal status`.
@@ -411,6 +414,16 @@ impl Cluster {
             }
             MembershipChange::Promote { node_ids } => {
                 raft.change_membership(ChangeMembers::AddVoterIds(node_ids), true).await
+            }
+            MembershipChange::Replace { old, new } => {
+                let mut voters: BTreeSet<NodeId> = self.status().voters.into_iter().collect();
+                if !voters.remove(&old) {
+                    let reason = format!("node {old} is not a voter");
+                    return Err(Some(ClusterError::Membership(reason)));
+                }
+                voters.insert(new);
+                // `retain = false`: the replaced member leaves the node list too.
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false).await
             }
             MembershipChange::Remove { node_id } => {
                 let ids = BTreeSet::from([node_id]);

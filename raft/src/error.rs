@@ -33,6 +33,10 @@ pub enum ClusterError {
     /// This node is cut off from a quorum of the cluster (a partition, or most nodes down).
     #[error("this node is cut off from a quorum of the cluster")]
     NoQuorum,
+    /// The local replica is damaged (the message names the file): it must be rebuilt
+    /// from the cluster or restored, never used.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// The result type of this crate.
@@ -40,6 +44,10 @@ pub type Result<T> = std::result::Result<T, ClusterError>;
 
 impl From<shoal_storage::StorageError> for ClusterError {
     fn from(error: shoal_storage::StorageError) -> Self {
-        ClusterError::Storage(error.to_string())
+        if error.is_damaged() {
+            ClusterError::Damaged(error.to_string())
+        } else {
+            ClusterError::Storage(error.to_string())
+        }
     }
 }

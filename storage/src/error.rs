@@ -17,9 +17,9 @@ pub enum StorageError {
     /// the node must not start on it. The message names the file and what to do.
     #[error(
         "raft log damaged: {}: {reason}. This replica cannot be trusted: rebuild it from \
-         the cluster with `shoal reset-replica --data-dir <dir>` and start the node again \
-         (it rejoins by snapshot); a single-node cluster has no other copy: restore the \
-         data dir from a backup",
+         the cluster with `shoal reset-replica` and start the node again (it rejoins by \
+         snapshot); a single-node cluster has no other copy: restore the data dir from a \
+         backup",
         path.display()
     )]
     Damaged {

@@ -185,6 +185,24 @@ impl TestNode {
         Ok(())
     }
 
+    /// Waits until the node answers `/api/health` and returns its Raft id.
+    pub async fn wait_node_id(&self, deadline: Duration) -> anyhow::Result<u64> {
+        let url = self.url("/api/health");
+        let found = std::sync::Arc::new(std::sync::Mutex::new(None));
+        wait_until("the node answers with its id", deadline, || {
+            let (url, found) = (url.clone(), found.clone());
+            async move {
+                let id = get_json(&url).await?["node_id"].as_u64();
+                *found.lock().unwrap() = id;
+                Ok(id.is_some())
+            }
+        })
+        .await
+        .with_context(|| format!("log:\n{}", self.log()))?;
+        let id = *found.lock().unwrap();
+        id.context("no node id")
+    }
+
     /// Returns the process id while the node runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -211,15 +211,7 @@ async fn strangers_that_gossip_never_join_nor_make_a_member_look_dead() -> anyho
         "--- a newcomer with the secret gossips and is added: the path strangers would take"
     );
     let newcomer = cluster.add_node(&[0])?;
-    let newcomer_id = {
-        let url = cluster.nodes[newcomer].url("/api/health");
-        wait_until("the newcomer knows its id", FORM, || {
-            let url = url.clone();
-            async move { Ok(get_json(&url).await?["node_id"].as_u64().is_some()) }
-        })
-        .await?;
-        get_json(&url).await?["node_id"].as_u64().unwrap()
-    };
+    let newcomer_id = cluster.nodes[newcomer].wait_node_id(FORM).await?;
     let leader_url = cluster.nodes[leader].url("/api/health");
     wait_until("the newcomer is a member", FORM, || {
         let url = leader_url.clone();

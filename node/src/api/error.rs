@@ -123,7 +123,9 @@ impl From<ClusterError> for ApiError {
                 "no_quorum",
                 "this node is cut off from most of the cluster; retry on another node",
             ),
-            ClusterError::Storage(_) | ClusterError::Raft(_) => Self::internal(error),
+            ClusterError::Storage(_) | ClusterError::Raft(_) | ClusterError::Damaged(_) => {
+                Self::internal(error)
+            }
         }
     }
 }

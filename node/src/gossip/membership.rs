@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use shoal_raft::{Cluster, ClusterStatus, MembershipChange, Node as RaftNode, NodeId};
 use tokio::sync::watch;
 
-use super::{Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, RAFT_REMOVED, RAFT_UNINITIALIZED};
+use super::{
+    Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, KEY_REPLACES, RAFT_REMOVED, RAFT_UNINITIALIZED,
+};
 use crate::jobs::Searches;
 
 /// How a node takes part in forming and keeping the cluster.
@@ -23,6 +25,9 @@ pub struct MembershipSettings {
     pub interval: Duration,
     /// A learner this close to the leader's last log index counts as caught up.
     pub caught_up_lag: u64,
+    /// The member this node rejoins in place of, after `shoal reset-replica`, and the
+    /// data dir that records it (forgotten once the cluster no longer has that member).
+    pub replaces: Option<(NodeId, std::path::PathBuf)>,
 }
 
 /// Returns what a node gossips as its `raft` key.
@@ -51,6 +56,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut autopilot = Autopilot::default();
     let mut bootstrap = Bootstrap::default();
+    let mut replaces = settings.replaces.clone();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -61,6 +67,24 @@ pub async fn run(
         gossip.set(KEY_READY, status.leader_id.is_some()).await;
         let pool = searches.pool_stats();
         gossip.set(KEY_LOAD, pool.active + pool.queued).await;
+
+        if let Some((old, data_dir)) = &replaces {
+            let in_place = status.voters.contains(&status.node_id)
+                && !status.members.iter().any(|(node_id, _)| node_id == old);
+            if in_place {
+                tracing::info!(
+                    old_node_id = old,
+                    "this node has taken the place of the member it replaces"
+                );
+                match crate::data_dir::replaced(data_dir) {
+                    Ok(()) => {
+                        gossip.set(KEY_REPLACES, "").await;
+                        replaces = None;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot forget the replaced member"),
+                }
+            }
+        }
 
         let members = gossip.members().await;
         if status.members.is_empty() {
@@ -202,19 +226,49 @@ impl Autopilot {
             }
         }
 
-        // Promotion: caught-up live learners, keeping the voter count odd.
         let last_index = status.last_log_index.unwrap_or(0);
         let replication = cluster.replication();
+        let is_caught_up = |node_id: &NodeId| {
+            // No replication data yet: not known to be caught up.
+            let matched = replication.get(node_id).copied().flatten();
+            matched.is_some_and(|matched| matched + settings.caught_up_lag >= last_index)
+        };
+
+        // A rebuilt replica takes the place of the member it was, once it has caught up
+        // and that member is gone from gossip: one change, so the voter count holds.
+        for member in members.iter().filter(|member| status.learners.contains(&member.node_id)) {
+            let Some(old) = member.replaces.filter(|old| in_cluster.contains(old)) else {
+                continue;
+            };
+            if alive.contains(&old)
+                || !alive.contains(&member.node_id)
+                || !is_caught_up(&member.node_id)
+            {
+                continue;
+            }
+            let change = if status.voters.contains(&old) {
+                MembershipChange::Replace { old, new: member.node_id }
+            } else {
+                MembershipChange::Remove { node_id: old }
+            };
+            match cluster.change_membership_local(change).await {
+                Ok(()) => tracing::info!(
+                    old,
+                    new = member.node_id,
+                    "autopilot put a rebuilt replica in place of the member it was"
+                ),
+                Err(error) => tracing::debug!(%error, "replacing a member failed; retrying"),
+            }
+            return;
+        }
+
+        // Promotion: caught-up live learners, keeping the voter count odd.
         let caught_up: Vec<NodeId> = status
             .learners
             .iter()
             .copied()
             .filter(|node_id| alive.contains(node_id))
-            .filter(|node_id| {
-                // No replication data yet: not known to be caught up.
-                let matched = replication.get(node_id).copied().flatten();
-                matched.is_some_and(|matched| matched + settings.caught_up_lag >= last_index)
-            })
+            .filter(is_caught_up)
             .collect();
         let voters = status.voters.len();
         let wanted = if voters % 2 == 1 { 2 } else { 1 };

@@ -25,6 +25,8 @@ pub const KEY_RAFT: &str = "raft";
 pub const KEY_READY: &str = "ready";
 /// How busy the node's worker pool is: active plus queued parts.
 pub const KEY_LOAD: &str = "load";
+/// The member a node rejoins in place of, after `shoal reset-replica` (empty otherwise).
+pub const KEY_REPLACES: &str = "replaces";
 
 /// The Raft state a node gossips before it belongs to a cluster.
 pub const RAFT_UNINITIALIZED: &str = "uninitialized";
@@ -57,6 +59,8 @@ pub struct Member {
     pub raft: Option<String>,
     pub ready: bool,
     pub load: u64,
+    /// The member this node rejoins in place of (see [`KEY_REPLACES`]).
+    pub replaces: Option<NodeId>,
     pub alive: bool,
     /// The gossip generation: the node's start time, so a restart is a new generation.
     pub generation: u64,
@@ -137,6 +141,7 @@ impl Gossip {
                         raft: state.get(KEY_RAFT).map(str::to_string),
                         ready: state.get(KEY_READY) == Some("true"),
                         load: state.get(KEY_LOAD).and_then(|load| load.parse().ok()).unwrap_or(0),
+                        replaces: state.get(KEY_REPLACES).and_then(|id| id.parse().ok()),
                         alive: live.contains(id),
                         generation: id.generation_id,
                     };
