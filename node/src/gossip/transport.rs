@@ -115,8 +115,9 @@ struct SealedSocket {
     /// Exchanges raw datagrams with `codec`.
     shim: tokio::net::UdpSocket,
     shim_addr: SocketAddr,
-    /// Who sent each payload handed to `codec` and not yet taken back, oldest first.
-    handed_over: VecDeque<(SocketAddr, usize)>,
+    /// Who sent each payload handed to `codec` and not yet taken back (with its size and
+    /// when it was handed over), oldest first.
+    handed_over: VecDeque<(SocketAddr, usize, tokio::time::Instant)>,
     sealer: Sealer,
     replays: Arc<ReplayGuard>,
     received: Box<[u8]>,
@@ -196,8 +197,11 @@ impl Socket for SealedSocket {
     /// listed in `handed_over` until it is taken back.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some(&(from_addr, num_bytes_received)) = self.handed_over.front() {
-                match tokio::time::timeout(DECODE_TIMEOUT, self.codec.recv()).await {
+            if let Some(&(from_addr, num_bytes_received, handed_at)) = self.handed_over.front() {
+                // The deadline counts from the handover: chitchat cancels and calls `recv`
+                // again on every gossip tick, which must not restart it.
+                let deadline = handed_at + DECODE_TIMEOUT;
+                match tokio::time::timeout_at(deadline, self.codec.recv()).await {
                     Ok(decoded) => {
                         let decoded = decoded?;
                         if decoded.from_addr != self.shim_addr {
@@ -228,7 +232,7 @@ impl Socket for SealedSocket {
             match self.sealer.open(&self.received[..len], &self.replays, now_ms) {
                 Ok(payload) => {
                     self.shim.send_to(payload, self.codec_addr).await?;
-                    self.handed_over.push_back((from_addr, len));
+                    self.handed_over.push_back((from_addr, len, tokio::time::Instant::now()));
                 }
                 Err(error) => {
                     tracing::debug!(%error, from = %from_addr, "dropped a gossip datagram");
@@ -241,7 +245,52 @@ impl Socket for SealedSocket {
 
 #[cfg(test)]
 mod tests {
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+
     use super::*;
+
+    fn bad_cluster() -> ChitchatEnvelope {
+        ChitchatEnvelope { version: ProtocolVersion::V1, message: ChitchatMessage::BadCluster }
+    }
+
+    /// Sealed sockets carry envelopes with the sender's address; a datagram sealed by a
+    /// member that chitchat cannot decode is dropped without holding up the next one, even
+    /// when `recv` is cancelled over and over (as chitchat's loop does every tick).
+    #[tokio::test]
+    async fn sealed_sockets_deliver_envelopes_and_skip_what_does_not_decode() {
+        let secret = ClusterSecret::new(b"cluster secret 1".to_vec());
+        let transport = SealedUdp::new(secret.clone(), 0);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut sender = transport.open(loopback).await.unwrap();
+        let mut receiver = SealedUdp::new(secret.clone(), 0).open(loopback).await.unwrap();
+        let (from, to) = (sender.local_addr().unwrap(), receiver.local_addr().unwrap());
+
+        sender.send(to, bad_cluster()).await.unwrap();
+        let received = receiver.recv().await.unwrap();
+        assert_eq!((received.from_addr, received.envelope), (from, bad_cluster()));
+
+        // A member's datagram that is not chitchat's, then a good one.
+        let raw = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+        let garbage = Sealer::new(secret).seal(b"not an envelope", unix_millis());
+        raw.send_to(&garbage, to).await.unwrap();
+        sender.send(to, bad_cluster()).await.unwrap();
+        let started = std::time::Instant::now();
+        let received = loop {
+            let attempt = tokio::time::timeout(Duration::from_millis(50), receiver.recv());
+            if let Ok(received) = attempt.await {
+                break received.unwrap();
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "the good datagram never came");
+        };
+        assert_eq!(received.from_addr, from);
+
+        // A stranger's datagram never comes through.
+        let stranger = SealedUdp::new(ClusterSecret::new(b"another secret!!".to_vec()), 0);
+        let mut stranger = stranger.open(loopback).await.unwrap();
+        stranger.send(to, bad_cluster()).await.unwrap();
+        let nothing = tokio::time::timeout(Duration::from_millis(300), receiver.recv()).await;
+        assert!(nothing.is_err(), "a stranger's envelope was delivered");
+    }
 
     #[test]
     fn only_datagrams_sealed_under_the_secret_open_and_each_only_once() {
