@@ -72,13 +72,21 @@ fn rss_kib(node: &TestNode) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Checks that `/api/health` answers within 100 ms. Up to three tries: on a machine
+/// shared by a dozen test nodes one request may wait for a core, while a node that the
+/// abuse blocks would miss every time.
 async fn health_within_100ms(node: &TestNode) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let health = http().get(node.url("/api/health")).send().await?;
-    let took = started.elapsed();
-    anyhow::ensure!(health.status() == StatusCode::OK, "health answered {}", health.status());
-    anyhow::ensure!(took < Duration::from_millis(100), "health took {took:?}");
-    Ok(())
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let health = http().get(node.url("/api/health")).send().await?;
+        took.push(started.elapsed());
+        anyhow::ensure!(health.status() == StatusCode::OK, "health answered {}", health.status());
+        if took.last().is_some_and(|took| *took < Duration::from_millis(100)) {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("health took {took:?}")
 }
 
 #[tokio::test]
@@ -210,6 +218,16 @@ async fn strangers_that_gossip_never_join_nor_make_a_member_look_dead() -> anyho
     tracing::info!(
         "--- a newcomer with the secret gossips and is added: the path strangers would take"
     );
+    let mut acknowledged = Vec::new();
+    for n in 0..10 {
+        let created = http()
+            .post(cluster.nodes[leader].url("/api/sessions"))
+            .json(&json!({ "data": { "n": n } }))
+            .send()
+            .await?;
+        assert_eq!(created.status(), StatusCode::CREATED);
+        acknowledged.push(created.json::<Value>().await?["id"].as_str().unwrap().to_string());
+    }
     let newcomer = cluster.add_node(&[0])?;
     let newcomer_id = cluster.nodes[newcomer].wait_node_id(FORM).await?;
     let leader_url = cluster.nodes[leader].url("/api/health");
@@ -280,6 +298,13 @@ async fn strangers_that_gossip_never_join_nor_make_a_member_look_dead() -> anyho
             health["cluster"]["voters"].as_array().is_none_or(Vec::is_empty),
             "a stranger formed or joined a cluster: {health}"
         );
+    }
+    for node in cluster.nodes.iter().take(3) {
+        health_within_100ms(node).await?;
+        for id in &acknowledged {
+            let read = get_json(&node.url(&format!("/api/sessions/{id}"))).await?;
+            assert!(read["data"]["n"].is_u64(), "session {id} lost: {read}");
+        }
     }
     let metrics = http().get(cluster.nodes[leader].url("/metrics")).send().await?.text().await?;
     let dropped = metrics
