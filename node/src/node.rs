@@ -274,6 +274,16 @@ impl Node {
             started_ms,
             stop_maintenance.subscribe(),
         ));
+        // Expired records' topics go within a tenth of the TTL (at most 30 s) after them.
+        let sweep_interval = (config.progress_ttl / 10)
+            .max(config.maintenance_interval)
+            .min(Duration::from_secs(30));
+        background.push(tokio::spawn(crate::sse::sweep::run(
+            hub.clone(),
+            store.clone(),
+            sweep_interval,
+            stop_maintenance.subscribe(),
+        )));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             store,

@@ -1,7 +1,8 @@
 //! The public edge through `Router::oneshot`: metric labels from a closed set, the
-//! session cookie's `Secure`, cross-site requests refused before they change anything.
+//! session cookie's `Secure`, cross-site requests refused before they change anything,
+//! tracker events bounded in size, and unfinished trackers that expire.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -180,5 +181,66 @@ async fn cross_site_requests_change_nothing() {
     // /internal/* is signed, not a browser's: its own check answers.
     let internal = node.call("POST", "/internal/raft/vote", &cross_read, "").await;
     assert_eq!(internal.status, StatusCode::UNAUTHORIZED);
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_over_the_size_limit_is_refused_and_publishes_nothing() {
+    let node = start_node_with(|_| {}).await;
+    let created = node.call("POST", "/api/trackers", &[], r#"{"total":3}"#).await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let events = format!("/api/trackers/{id}/events");
+    let big = json!({"type": "progress", "data": {"blob": "x".repeat(20 * 1024)}}).to_string();
+    let refused = node.call("POST", &events, &[], &big).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    assert_eq!(refused.body["error"], "too_large");
+    let big_end = big.replace("progress", "completed");
+    let refused = node.call("POST", &events, &[], &big_end).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    // Nothing was numbered or recorded: the next event is the first.
+    let small = json!({"type": "progress", "data": {"blob": "x".repeat(16 * 1024 - 20)}});
+    let accepted = node.call("POST", &events, &[], &small.to_string()).await;
+    assert_eq!((accepted.status, accepted.body["seq"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+    let state = node.call("GET", &format!("/api/trackers/{id}"), &[], "").await;
+    assert_eq!(state.body["status"], "running");
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unfinished_tracker_lives_its_ttl_after_its_last_event() {
+    let ttl = Duration::from_secs(2);
+    let node = start_node_with(|config| config.progress_ttl = ttl).await;
+    let created = node.call("POST", "/api/trackers", &[], r#"{"total":3}"#).await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let (tracker, events) = (format!("/api/trackers/{id}"), format!("/api/trackers/{id}/events"));
+    // Events keep it alive past its TTL, though none is recorded through Raft.
+    let fed_until = Instant::now() + ttl * 2;
+    let mut last_event = Instant::now();
+    while last_event < fed_until {
+        let progress = node.call("POST", &events, &[], r#"{"type":"progress"}"#).await;
+        assert_eq!(progress.status, StatusCode::ACCEPTED, "{}", progress.body);
+        last_event = Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(node.call("GET", &tracker, &[], "").await.status, StatusCode::OK);
+    // Then nobody feeds it: it goes between its TTL and a tenth more after the last event
+    // (an unfinished record used to live an hour after its last milestone).
+    loop {
+        let status = node.call("GET", &tracker, &[], "").await.status;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        let waited = last_event.elapsed();
+        assert!(waited < ttl * 2, "still there {waited:?} after its last event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last_event.elapsed() >= ttl,
+        "gone only {:?} after its last event",
+        last_event.elapsed()
+    );
+    let late = node.call("POST", &events, &[], r#"{"type":"progress"}"#).await;
+    assert_eq!(late.status, StatusCode::NOT_FOUND);
     node.node.shutdown().await.unwrap();
 }
