@@ -6,16 +6,27 @@
 //! descriptors for the node's own files, the Raft log, outgoing connections and the
 //! reserve; the reserve lets a load balancer see the node is alive, and its peers keep
 //! Raft going, while clients are refused.
+//!
+//! A connection in the reserve that has not sent its request line yet gives its place
+//! up to a newer one when the reserve is full: health checkers and peers send their
+//! request at once, so an attacker who keeps opening silent connections only ever holds
+//! the newest places, and each for a moment.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Connections beyond the cap on which only health checks, `/metrics` and `/internal/*`
 /// are served (one request each, then the connection closes).
 pub const RESERVED_CONNECTIONS: usize = 64;
+/// Connections beyond the reserve that may be open while those they displaced from it
+/// close: past them, newcomers are refused at once, so descriptors stay bounded however
+/// fast connections arrive.
+const DISPLACED_CONNECTIONS: usize = 16;
 /// How long a connection in the reserve has to send its request line.
 pub const RESERVE_HEAD_DEADLINE: Duration = Duration::from_secs(1);
 /// The least number of descriptors kept for everything but client connections: storage
@@ -23,14 +34,33 @@ pub const RESERVE_HEAD_DEADLINE: Duration = Duration::from_secs(1);
 const MIN_OTHER_DESCRIPTORS: usize = 128;
 
 /// What an accepted connection gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) enum Admission {
     /// Served like any other.
     Full,
     /// Served one request if it is a health check, `/metrics` or internal; else a 503.
-    Reserve,
+    Reserve(Arc<Place>),
     /// A 503 at once.
     Refused,
+}
+
+/// A connection's place in the reserve while it has not sent its request line.
+#[derive(Debug, Default)]
+pub(super) struct Place {
+    /// Told when a newer connection takes the place.
+    evicted: Notify,
+    /// The request line came (or the connection ended): the place is no longer given up.
+    decided: AtomicBool,
+}
+
+impl Place {
+    fn decide(&self) {
+        self.decided.store(true, Ordering::Relaxed);
+    }
+
+    fn is_decided(&self) -> bool {
+        self.decided.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts the open client connections against the cap.
@@ -39,6 +69,8 @@ pub(super) struct Gate {
     /// `None`: no cap.
     max_connections: Option<usize>,
     open: Arc<AtomicUsize>,
+    /// The places of the reserve whose connections sent nothing yet, oldest first.
+    waiting: Mutex<VecDeque<Arc<Place>>>,
 }
 
 /// Held by an open connection; counts it out when dropped.
@@ -56,20 +88,32 @@ impl Gate {
     /// `max_connections`: `None` or `Some(0)` for no cap.
     pub(super) fn new(max_connections: Option<usize>) -> Self {
         let max_connections = max_connections.filter(|max| *max > 0);
-        Self { max_connections, open: Arc::default() }
+        Self { max_connections, open: Arc::default(), waiting: Mutex::default() }
     }
 
     /// Decides on a connection just accepted; the ticket counts it while it is open.
     pub(super) fn admit(&self) -> (Admission, Ticket) {
         let open = self.open.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("shoal_http_connections_open").increment(1.0);
-        let admission = match self.max_connections {
-            None => Admission::Full,
-            Some(max) if open < max => Admission::Full,
-            Some(max) if open < max + RESERVED_CONNECTIONS => Admission::Reserve,
-            Some(_) => Admission::Refused,
+        let ticket = Ticket(self.open.clone());
+        let max = match self.max_connections {
+            Some(max) if open >= max => max,
+            _ => return (Admission::Full, ticket),
         };
-        (admission, Ticket(self.open.clone()))
+        if open >= max + RESERVED_CONNECTIONS + DISPLACED_CONNECTIONS {
+            return (Admission::Refused, ticket);
+        }
+        let mut waiting = self.waiting.lock().expect("reserve lock");
+        waiting.retain(|place| !place.is_decided());
+        if open >= max + RESERVED_CONNECTIONS {
+            // The reserve is full: the oldest connection still silent gives its place up
+            // (it closes, and its descriptor with it), or this one is refused.
+            let Some(oldest) = waiting.pop_front() else { return (Admission::Refused, ticket) };
+            oldest.evicted.notify_one();
+        }
+        let place = Arc::new(Place::default());
+        waiting.push_back(place.clone());
+        (Admission::Reserve(place), ticket)
     }
 }
 
@@ -106,9 +150,31 @@ pub(super) async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(RESERVE_HEAD_DEADLINE, write).await;
 }
 
+/// What became of a connection in the reserve.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reserved {
+    /// Its request is one the reserve serves.
+    Serve,
+    /// Its request is another, or did not come in time.
+    Refuse,
+    /// A newer connection took its place before it sent anything.
+    Evicted,
+}
+
+/// Waits (at most [`RESERVE_HEAD_DEADLINE`], or until evicted) for the request line of a
+/// connection in the reserve, without consuming it, and says what to do with it.
+pub(super) async fn reserve_decides(stream: &TcpStream, place: &Place) -> Reserved {
+    let decided = tokio::select! {
+        serves = reserve_serves(stream) => if serves { Reserved::Serve } else { Reserved::Refuse },
+        () = place.evicted.notified() => Reserved::Evicted,
+    };
+    place.decide();
+    decided
+}
+
 /// Waits (at most [`RESERVE_HEAD_DEADLINE`]) for the request line of a connection in the
 /// reserve, without consuming it, and returns whether the reserve serves it.
-pub(super) async fn reserve_serves(stream: &TcpStream) -> bool {
+async fn reserve_serves(stream: &TcpStream) -> bool {
     let deadline = tokio::time::Instant::now() + RESERVE_HEAD_DEADLINE;
     let mut buf = [0_u8; 512];
     loop {
@@ -198,19 +264,37 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok(), "{body}");
     }
 
-    #[test]
-    fn the_cap_leaves_descriptors_for_the_rest() {
+    #[tokio::test]
+    async fn the_cap_leaves_descriptors_for_the_rest() {
         assert_eq!(default_max_connections(1024), 1024 - 128 - 64);
         assert_eq!(default_max_connections(512), 512 - 128 - 64);
         assert_eq!(default_max_connections(1 << 20), (1 << 20) - (1 << 17) - 64);
         assert_eq!(default_max_connections(100), 25);
         let gate = Gate::new(Some(2));
-        let tickets: Vec<_> = (0..2 + RESERVED_CONNECTIONS + 1).map(|_| gate.admit()).collect();
-        let admissions: Vec<Admission> = tickets.iter().map(|(admission, _)| *admission).collect();
-        assert_eq!(admissions[..2], [Admission::Full; 2]);
-        assert!(admissions[2..2 + RESERVED_CONNECTIONS].iter().all(|a| *a == Admission::Reserve));
-        assert_eq!(admissions.last(), Some(&Admission::Refused));
-        drop(tickets);
-        assert_eq!(gate.admit().0, Admission::Full, "closed connections count out");
+        let full: Vec<_> = (0..2).map(|_| gate.admit()).collect();
+        assert!(full.iter().all(|(admission, _)| matches!(admission, Admission::Full)));
+        let reserve: Vec<_> = (0..RESERVED_CONNECTIONS).map(|_| gate.admit()).collect();
+        let places: Vec<Arc<Place>> = reserve
+            .iter()
+            .map(|(admission, _)| match admission {
+                Admission::Reserve(place) => place.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Full: a newcomer takes the place of the oldest that sent nothing yet.
+        places[0].decide();
+        let (Admission::Reserve(newcomer), _newcomer_ticket) = gate.admit() else {
+            panic!("a newcomer gets a place in the full reserve");
+        };
+        newcomer.decide();
+        let evicted = places[1].evicted.notified();
+        tokio::pin!(evicted);
+        assert!(futures::FutureExt::now_or_never(evicted.as_mut()).is_some(), "the oldest went");
+        for place in &places {
+            place.decide();
+        }
+        assert!(matches!(gate.admit().0, Admission::Refused), "no place left to give up");
+        drop((full, reserve));
+        assert!(matches!(gate.admit().0, Admission::Full), "closed connections count out");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::{default_max_connections, raise_open_file_limit};
-use admission::{Admission, Gate, Ticket};
+use admission::{Admission, Gate, Place, Reserved, Ticket};
 use axum::Router;
 pub use deadline::Timeouts;
 use deadline::{Activity, Counted, HeadTimer};
@@ -97,8 +97,8 @@ pub async fn serve(
         let (admission, ticket) = gate.admit();
         match admission {
             Admission::Full => {}
-            Admission::Reserve => {
-                connections.spawn(serve_reserved(stream, ticket, router.clone()));
+            Admission::Reserve(place) => {
+                connections.spawn(serve_reserved(stream, ticket, place, router.clone()));
                 continue;
             }
             Admission::Refused => {
@@ -203,12 +203,20 @@ async fn serve_connection(
 }
 
 /// Serves a connection in the reserve: one request, if it is one the reserve serves.
-async fn serve_reserved(stream: TcpStream, ticket: Ticket, router: Router) {
+async fn serve_reserved(stream: TcpStream, ticket: Ticket, place: Arc<Place>, router: Router) {
     let _ticket = ticket;
-    if !admission::reserve_serves(&stream).await {
-        admission::count_refused("reserve");
-        admission::refuse(stream).await;
-        return;
+    match admission::reserve_decides(&stream, &place).await {
+        Reserved::Serve => {}
+        Reserved::Refuse => {
+            admission::count_refused("reserve");
+            admission::refuse(stream).await;
+            return;
+        }
+        Reserved::Evicted => {
+            admission::count_refused("reserve");
+            admission::refuse_now(stream);
+            return;
+        }
     }
     let _ = stream.set_nodelay(true);
     let service = TowerToHyperService::new(router);
@@ -507,22 +515,21 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
         assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
 
-        // The reserve full of silent connections: the rest get the 503 at once.
+        // The reserve full of silent connections: a health check still gets through, in
+        // the place of the oldest silent one, which is closed at once.
         let mut silent = Vec::new();
         for _ in 0..admission::RESERVED_CONNECTIONS {
             silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
-        refused.write_all(request("/api/health").as_bytes()).await.unwrap();
-        let answer = read_until(&mut refused, "over_capacity").await;
-        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        // Silent ones in the reserve go after its short deadline, and it serves again.
-        let took = closed_after(&mut silent[0], Duration::from_secs(3)).await;
-        assert!(took < admission::RESERVE_HEAD_DEADLINE * 2, "{took:?}");
         let mut health = tokio::net::TcpStream::connect(addr).await.unwrap();
         health.write_all(request("/api/health").as_bytes()).await.unwrap();
         assert!(read_until(&mut health, "ok").await.starts_with("HTTP/1.1 200 OK"));
+        let took = closed_after(&mut silent[0], Duration::from_secs(3)).await;
+        assert!(took < Duration::from_millis(100), "the oldest silent one went after {took:?}");
+        // The others go after the reserve's short deadline.
+        let took = closed_after(&mut silent[1], Duration::from_secs(3)).await;
+        assert!(took < admission::RESERVE_HEAD_DEADLINE * 2, "{took:?}");
         drop(held);
     }
 }
