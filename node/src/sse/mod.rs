@@ -72,7 +72,10 @@ pub struct Topic {
     live: OnceLock<broadcast::Sender<Arc<ProgressEvent>>>,
     /// Turns true when no more events will come through this topic although none was
     /// terminal (a relay that lost its source): streams end and clients reconnect.
-    closed: tokio::sync::watch::Sender<bool>,
+    /// Made by the first stream that watches for it, like `live` (a watch channel takes
+    /// about half a KiB); `is_closed` says it for those that come later.
+    closed: OnceLock<tokio::sync::watch::Sender<bool>>,
+    is_closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -105,10 +108,10 @@ pub struct Subscription<T> {
 impl Topic {
     fn new(id: &str, attempt: u32, last_seq: u64, relayed: bool, sink: Option<EventSink>) -> Self {
         let log = TopicLog { base_seq: last_seq, last_seq, ..TopicLog::default() };
-        let (closed, _) = tokio::sync::watch::channel(false);
         let id = Arc::from(id);
-        let live = OnceLock::new();
-        Self { attempt, id, relayed, sink, log: tokio::sync::Mutex::new(log), live, closed }
+        let (live, closed, is_closed) = (OnceLock::new(), OnceLock::new(), Default::default());
+        let log = tokio::sync::Mutex::new(log);
+        Self { attempt, id, relayed, sink, log, live, closed, is_closed }
     }
 
     /// Returns whether this topic relays events published elsewhere.
@@ -241,12 +244,21 @@ impl Topic {
 
     /// Ends every stream of this topic without a terminal event (see `closed`).
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.is_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(closed) = self.closed.get() {
+            closed.send_replace(true);
+        }
     }
 
     /// Returns a receiver that turns true when the topic is closed.
     pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closed.subscribe()
+        let is_closed = || self.is_closed.load(std::sync::atomic::Ordering::SeqCst);
+        let closed = self.closed.get_or_init(|| tokio::sync::watch::channel(is_closed()).0);
+        // Closed between the check above and the channel's making: say so now.
+        if is_closed() {
+            closed.send_replace(true);
+        }
+        closed.subscribe()
     }
 
     /// Returns how many subscribers are listening now.
@@ -452,6 +464,14 @@ mod tests {
             small.publish("progress", json!({})).await;
         }
         assert_eq!(small.history_size().await.0, MAX_HISTORY);
+        // Closing before anyone watches, or after: every watcher sees it.
+        let watched = topic.closed();
+        assert!(!*watched.borrow());
+        topic.close();
+        assert!(*watched.borrow() && *topic.closed().borrow());
+        let unwatched = Topic::new("u", 1, 0, false, None);
+        unwatched.close();
+        assert!(*unwatched.closed().borrow());
         // Memory, not JSON: an array of zeros holds 32 bytes an element.
         assert_eq!(footprint(&json!([0, 0, 0])), 4 * std::mem::size_of::<Value>());
     }
