@@ -140,9 +140,11 @@ pub(super) fn refuse_now(stream: TcpStream) {
     let _ = stream.try_write(OVER_CAPACITY);
 }
 
-/// Answers 503 on `stream` (the client is waiting for an answer) and closes it.
+/// Answers 503 on `stream` (the client is waiting for an answer) and closes it, reading
+/// what the client sent first (see [`refuse_now`]).
 pub(super) async fn refuse(mut stream: TcpStream) {
     use tokio::io::AsyncWriteExt;
+    let _ = stream.try_read(&mut [0; 2048]);
     let write = async {
         stream.write_all(OVER_CAPACITY).await?;
         stream.shutdown().await
