@@ -6,6 +6,10 @@
 //! balancers and the nodes themselves all speak HTTP/1.1 here (docs/decisions.md). A
 //! connection that opens with an SSE request is answered by [`streams`] first, lighter
 //! still, then goes on under hyper.
+//!
+//! Every connection is admitted by [`admission`] (the cap, and a reserve for health
+//! checks and peers beyond it) and held to the header-read and idle timeouts of
+//! [`deadline`], on both paths.
 
 mod admission;
 mod deadline;
