@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use edge::{Edge, EdgeArgs};
+
+mod edge;
 
 /// shoal: a horizontally scalable backend for sessions, live search progress and
 /// reports, replicated with Raft and needing no Redis.
@@ -285,6 +288,9 @@ pub struct ServeArgs {
     /// How often expired entries are removed and session touches are proposed
     #[arg(long, env = "SHOAL_MAINTENANCE_INTERVAL_MS", default_value_t = 1_000, value_name = "MS")]
     pub maintenance_interval_ms: u64,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 /// The most a session may live without use: 365 days.
@@ -337,6 +343,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Reports in S3 instead of the state store.
     pub s3: Option<S3Config>,
+    /// What the node lets in from the network, and its rules for browsers.
+    pub edge: Edge,
 }
 
 /// Where the Redis of the compatibility mode is.
@@ -578,6 +586,7 @@ impl ServeArgs {
             storage_engine: self.storage_engine,
             redis,
             s3,
+            edge: self.edge.into_edge()?,
         })
     }
 }
@@ -665,6 +674,12 @@ mod tests {
             "SHOAL_S3_BUCKET",
             "AWS_ENDPOINT_URL",
             "SHOAL_DOWNLOAD_URL_TTL",
+            "SHOAL_HEADER_READ_TIMEOUT_MS",
+            "SHOAL_IDLE_TIMEOUT_MS",
+            "SHOAL_MAX_CONNECTIONS",
+            "SHOAL_MAX_EVENT_BYTES",
+            "SHOAL_COOKIE_SECURE",
+            "SHOAL_ALLOWED_ORIGINS",
         ] {
             assert!(help.contains(&format!("env: {var}")), "--help lacks {var}:\n{help}");
         }

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -40,17 +41,37 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: counts every request and records its latency, labelled by route template.
+/// Returns the `method` label of a request: one of the methods of RFC 9110 (and PATCH),
+/// else `other`. Labels come from a closed set: every distinct label value is a series
+/// the recorder keeps for the life of the process, so a value taken from the request
+/// would let any client grow `/metrics` (and the node's memory) without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Middleware: counts every request and records its latency, labelled by method, route
+/// template (or `unmatched`) and status: all from closed sets (see [`method_label`]).
 pub async fn track_requests(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("shoal_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("shoal_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!(REQUEST_DURATION, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());

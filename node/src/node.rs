@@ -40,6 +40,7 @@ const FIRST_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Node {
     listener: TcpListener,
+    http: crate::http::Settings,
     services: Services,
 }
 
@@ -59,6 +60,25 @@ impl Node {
     /// one-member cluster; an existing one recovers its cluster without re-initializing.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let started_ms = shoal_raft::unix_millis();
+        let open_files = crate::http::raise_open_file_limit();
+        let max_connections = config.edge.max_connections.or_else(|| {
+            open_files.map(crate::http::default_max_connections).filter(|max| *max > 0)
+        });
+        tracing::info!(
+            max_connections = max_connections.filter(|max| *max > 0),
+            header_read_timeout = ?config.edge.header_read_timeout,
+            idle_timeout = ?config.edge.idle_timeout,
+            "client connections: at most {}",
+            max_connections.filter(|max| *max > 0).map_or("any number".to_string(), |max| max.to_string())
+        );
+        let http = crate::http::Settings {
+            timeouts: crate::http::Timeouts {
+                header_read: config.edge.header_read_timeout,
+                idle: config.edge.idle_timeout,
+            },
+            max_connections,
+            drain: crate::http::DRAIN,
+        };
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!("cannot listen on {} (is another node running there?)", config.listen)
         })?;
@@ -311,6 +331,16 @@ impl Node {
             started_ms,
             stop_maintenance.subscribe(),
         ));
+        // Expired records' topics go within a tenth of the TTL (at most 30 s) after them.
+        let sweep_interval = (config.progress_ttl / 10)
+            .max(config.maintenance_interval)
+            .min(Duration::from_secs(30));
+        background.push(tokio::spawn(crate::sse::sweep::run(
+            hub.clone(),
+            store.clone(),
+            sweep_interval,
+            stop_maintenance.subscribe(),
+        )));
         let state = AppState(Arc::new(NodeContext {
             cluster,
             store,
@@ -327,7 +357,7 @@ impl Node {
         }));
         background.extend([maintenance, membership, takeover]);
         let services = Services { state, engine, background, gossip, stop_maintenance };
-        Ok(Self { listener, services })
+        Ok(Self { listener, http, services })
     }
 
     /// Returns the address the listener is bound to.
@@ -346,7 +376,7 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        crate::http::serve(self.listener, router, shutdown, crate::http::DRAIN).await;
+        crate::http::serve(self.listener, router, shutdown, self.http).await;
         self.services.shutdown().await
     }
 

@@ -103,6 +103,25 @@ impl Store {
         }
     }
 
+    /// Returns which of `ids` have a live (unexpired) progress record now: linearizably in
+    /// a cluster, with one read barrier for all of them.
+    pub async fn progress_alive(&self, ids: &[String]) -> Result<Vec<bool>, ClusterError> {
+        match self {
+            Store::Cluster { cluster, .. } => {
+                cluster.read_barrier().await?;
+                let (reader, now_ms) = (cluster.reader(), unix_millis());
+                ids.iter().map(|id| Ok(reader.progress(id, now_ms)?.is_some())).collect()
+            }
+            Store::Redis(redis) => {
+                let mut alive = Vec::with_capacity(ids.len());
+                for id in ids {
+                    alive.push(redis.progress(id).await?.is_some());
+                }
+                Ok(alive)
+            }
+        }
+    }
+
     /// Reads progress record `id` cheaply: this replica's copy, which may lag.
     pub async fn progress_local(&self, id: &str) -> Option<ProgressRecord> {
         match self {

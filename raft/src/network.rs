@@ -38,6 +38,9 @@ pub const MEMBERSHIP_PATH: &str = "/internal/cluster/membership";
 /// The path through which a node proves who it is (see [`InternalClient::identify`]).
 pub const IDENTITY_PATH: &str = "/internal/cluster/identity";
 
+/// How long a pooled connection to another node may idle before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why an internal call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -65,6 +68,9 @@ impl InternalClient {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            // Below the nodes' idle keep-alive timeout (75 s by default), so that a pooled
+            // connection is never reused just as its other end closes it.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .expect("the HTTP client builds");
         Self { http, secret }

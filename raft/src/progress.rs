@@ -106,15 +106,22 @@ pub enum ProgressCommand {
     Takeover { id: String, attempt: u32, owner: NodeId },
 }
 
-/// How long an unfinished record lives at least after its last milestone: parts may
+/// How long an unfinished search lives at least after its last milestone: parts may
 /// wait in the queue or read a slow source for longer than the TTL, which counts from
 /// the end (as the classic setup's `EX 300` did for a finished tracker).
 pub const UNFINISHED_GRACE_MS: u64 = 3_600_000;
 
 /// Returns the deadline of `record` after a change at `now_ms`.
+///
+/// An unfinished tracker lives its TTL and a tenth: its events are not milestones, and
+/// its owner records one (a `Started` update) whenever an event finds less than the TTL
+/// left, so a tracker nobody feeds expires about a TTL after its last event, as the
+/// classic `EX 300` refreshed by every update did, rather than lingering for the grace.
 fn deadline(record: &ProgressRecord, now_ms: u64) -> u64 {
     let ttl_ms = if record.status.is_terminal() {
         record.ttl_ms
+    } else if record.kind == "tracker" {
+        record.ttl_ms.saturating_add(record.ttl_ms / 10)
     } else {
         record.ttl_ms.max(UNFINISHED_GRACE_MS)
     };
@@ -251,5 +258,60 @@ pub(crate) fn apply(
             Ok(Response::Progress { id, record })
         }
         Err(rejection) => Ok(Response::Rejected(rejection)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: &str, status: ProgressStatus) -> ProgressRecord {
+        ProgressRecord {
+            kind: kind.to_string(),
+            params: "{}".to_string(),
+            status,
+            owner: 1,
+            attempt: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            total_parts: 1,
+            parts: Vec::new(),
+            result: None,
+            error: None,
+            last_seq: 0,
+            ttl_ms: 300_000,
+            expires_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn unfinished_trackers_live_their_ttl_and_a_tenth_searches_the_grace() {
+        let now = 1_000;
+        let tracker = record("tracker", ProgressStatus::Running);
+        assert_eq!(deadline(&tracker, now), now + 330_000);
+        let search = record("search", ProgressStatus::Running);
+        assert_eq!(deadline(&search, now), now + UNFINISHED_GRACE_MS);
+        for kind in ["tracker", "search"] {
+            assert_eq!(deadline(&record(kind, ProgressStatus::Completed), now), now + 300_000);
+        }
+        // A `Started` milestone (the owner's refresh) slides an unfinished tracker and
+        // leaves its events' numbering alone.
+        let (_, created) = transition(
+            None,
+            now,
+            ProgressCommand::Create { id: "t".into(), record: tracker.clone() },
+        )
+        .unwrap();
+        let mut created = created;
+        created.last_seq = 7;
+        let refresh = ProgressCommand::Update {
+            id: "t".into(),
+            attempt: 1,
+            seq: 0,
+            update: ProgressUpdate::Started,
+        };
+        let (_, refreshed) = transition(Some(created), now + 100_000, refresh).unwrap();
+        assert_eq!((refreshed.expires_at_ms, refreshed.last_seq), (now + 430_000, 7));
+        assert_eq!(refreshed.status, ProgressStatus::Running);
     }
 }

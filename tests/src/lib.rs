@@ -90,6 +90,8 @@ pub struct TestNode {
     log_path: PathBuf,
     extra_args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// The most files the process may open (soft and hard limit), when set.
+    open_files: Option<u32>,
     starts: u32,
 }
 
@@ -118,6 +120,28 @@ impl TestNode {
             log_path: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             envs: envs.to_vec(),
+            open_files: None,
+            starts: 0,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// Starts `shoal` on a free port with at most `open_files` descriptors (soft and hard
+    /// limit, so it cannot raise them), set by bash's `ulimit -n` before it execs shoal.
+    pub fn start_with_open_files(
+        data_dir: &Path,
+        extra_args: &[&str],
+        open_files: u32,
+    ) -> anyhow::Result<Self> {
+        let mut node = Self {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.with_extension("log"),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            envs: Vec::new(),
+            open_files: Some(open_files),
             starts: 0,
         };
         node.spawn()?;
@@ -127,7 +151,17 @@ impl TestNode {
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
         let log = File::options().create(true).append(true).open(&self.log_path)?;
-        let child = Command::new(shoal_binary())
+        let mut command = match self.open_files {
+            None => Command::new(shoal_binary()),
+            Some(limit) => {
+                // `exec`: the process is shoal itself, so kill and /proc reach it.
+                let mut bash = Command::new("bash");
+                bash.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""));
+                bash.arg(shoal_binary());
+                bash
+            }
+        };
+        let child = command
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
@@ -167,6 +201,19 @@ impl TestNode {
         result.with_context(|| format!("log:\n{}", self.log()))
     }
 
+    /// Returns the process id of the running node.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Returns the node's resident memory in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.pid().context("the node is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+
     /// SIGKILLs the process and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -201,11 +248,6 @@ impl TestNode {
         .with_context(|| format!("log:\n{}", self.log()))?;
         let id = *found.lock().unwrap();
         id.context("no node id")
-    }
-
-    /// Returns the process id while the node runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Starts the process again on the same port and data dir.

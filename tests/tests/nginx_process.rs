@@ -1,6 +1,7 @@
 //! Three nodes behind a real nginx running `deploy/nginx.conf`: requests spread over every
 //! node, a session reads back through any of them, a search is followed over SSE and its
-//! report downloaded, and requests keep succeeding after a node is killed.
+//! report downloaded, `/internal/*` is not reachable through it, and requests keep
+//! succeeding after a node is killed.
 //!
 //! Needs Debian's nginx: `scripts/test` installs it and runs this test; plain `cargo test`
 //! skips it as ignored.
@@ -157,6 +158,19 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
     let response = client.get(&download).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.bytes().await?.starts_with(b"PK"), "an xlsx is a zip");
+
+    tracing::info!("--- /internal/* stays off the public side");
+    for path in ["/internal/raft/vote", "//internal/raft/vote", "/%69nternal/raft/vote"] {
+        let through_nginx = client.post(format!("{lb}{path}")).body("{}").send().await?;
+        assert_eq!(through_nginx.status(), StatusCode::NOT_FOUND, "{path} through nginx");
+    }
+    let on_the_node = client.post(cluster.nodes[0].url("/internal/raft/vote")).send().await?;
+    assert_eq!(on_the_node.status(), StatusCode::UNAUTHORIZED, "the node itself: unsigned");
+    // A browser's write through nginx on a non-default port: its Origin matches the Host
+    // nginx passes on, so it is not taken for a cross-site one.
+    let same_origin =
+        client.post(format!("{lb}/api/sessions")).header("origin", &lb).body("{}").send().await?;
+    assert_eq!(same_origin.status(), StatusCode::CREATED);
 
     tracing::info!("--- a node dies: requests through nginx keep succeeding");
     cluster.nodes[2].kill();

@@ -66,12 +66,6 @@ fn answer_to_head_alone(port: u16, head: &str) -> anyhow::Result<String> {
     Ok(answer.lines().next().unwrap_or_default().to_string())
 }
 
-fn rss_kib(node: &TestNode) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Checks that `/api/health` answers within 100 ms. Up to three tries: on a machine
 /// shared by a dozen test nodes one request may wait for a core, while a node that the
 /// abuse blocks would miss every time.
@@ -154,7 +148,7 @@ async fn internal_requests_are_refused_from_their_head_unless_signed_fresh_new_a
     tracing::info!(
         "--- four unsigned 250 MiB uploads at once: refused, and the node does not grow"
     );
-    let before = rss_kib(node);
+    let before = node.rss_kib()?;
     let uploads: Vec<_> = (0..4)
         .map(|_| {
             let (port, head) = (node.port, unsigned_head.clone());
@@ -175,7 +169,7 @@ async fn internal_requests_are_refused_from_their_head_unless_signed_fresh_new_a
         })
         .collect();
     let sent: Vec<u64> = uploads.into_iter().map(|upload| upload.join().unwrap()).collect();
-    let grown_mib = rss_kib(node).saturating_sub(before) / 1024;
+    let grown_mib = node.rss_kib()?.saturating_sub(before) / 1024;
     assert!(sent.iter().all(|mib| *mib < 250), "some upload was read whole: {sent:?} MiB");
     assert!(grown_mib < 32, "the node grew by {grown_mib} MiB");
     health_within_100ms(node).await?;

@@ -1,6 +1,7 @@
 //! The public HTTP API of DESIGN §6 and the state its handlers share.
 
 mod cluster;
+mod cross_site;
 mod downloads;
 mod error;
 mod health;
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cross_site::refuse_cross_site))
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(state)
 }

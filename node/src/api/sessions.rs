@@ -101,9 +101,13 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     unquoted.parse().map(Some).map_err(|_| invalid())
 }
 
-fn session_cookie(id: &str, max_age_secs: u64) -> HeaderValue {
-    let cookie =
-        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}");
+/// Returns the `Set-Cookie` value for session `id`; `Secure` (`--cookie-secure`) keeps
+/// browsers from sending it over plain HTTP, where anyone on the path could read it.
+fn session_cookie(app: &AppState, id: &str, max_age_secs: u64) -> HeaderValue {
+    let secure = if app.config.edge.cookie_secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"
+    );
     HeaderValue::from_str(&cookie).expect("session ids and numbers are valid header text")
 }
 
@@ -158,7 +162,7 @@ async fn create_session(
     let (id, record) = written_session(app.store.write(command).await?)?;
     let mut response = session_response(StatusCode::CREATED, &id, &record)?;
     let headers = response.headers_mut();
-    headers.insert(header::SET_COOKIE, session_cookie(&id, ttl_secs));
+    headers.insert(header::SET_COOKIE, session_cookie(&app, &id, ttl_secs));
     let location = HeaderValue::from_str(&format!("/api/sessions/{id}")).expect("hex id");
     headers.insert(header::LOCATION, location);
     Ok(response)
@@ -186,7 +190,7 @@ async fn get_cookie_session(
     let record = read_session(&app, id).await?;
     let mut response = session_response(StatusCode::OK, id, &record)?;
     // Refresh the cookie so that it lives as long as the sliding session does.
-    let cookie = session_cookie(id, record.ttl_ms / 1000);
+    let cookie = session_cookie(&app, id, record.ttl_ms / 1000);
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
@@ -243,7 +247,7 @@ async fn delete_session(
     app.store.write(command).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if cookie_session_id(&headers) == Some(id) {
-        response.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0));
+        response.headers_mut().insert(header::SET_COOKIE, session_cookie(&app, "", 0));
     }
     Ok(response)
 }

@@ -100,6 +100,7 @@ async fn post_event(
     Path(id): Path<String>,
     JsonBody(event): JsonBody<TrackerEvent>,
 ) -> ApiResult<Response> {
+    check_size(&app, &event)?;
     let record = progress::read_kind(&app, &id, "tracker").await?;
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
@@ -134,6 +135,41 @@ async fn post_event(
             .into_response());
     }
     apply_event(&app, &id, &record, event).await
+}
+
+/// Refuses an event whose `data` is over `--max-event-bytes` with 413, before anything
+/// is published: the owner keeps recent events in memory for clients that resume, and a
+/// terminal event's data becomes the replicated record's result.
+fn check_size(app: &AppState, event: &TrackerEvent) -> ApiResult<()> {
+    let size = event.data.to_string().len();
+    let limit = app.config.edge.max_event_bytes;
+    if size > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("event data is {size} bytes of JSON, more than the limit of {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Slides the deadline of unfinished tracker `record` when less than its TTL is left.
+///
+/// A tracker's `progress` events are not recorded through Raft, so they would not move
+/// its deadline; the replicated rule gives an unfinished tracker its TTL and a tenth
+/// after its last milestone, and this refresh (a `Started` milestone that changes nothing
+/// else) restores that whenever an event finds less than the TTL left. So a tracker lives
+/// at least `--progress-ttl` after its last event, as the classic setup's `EX 300`
+/// refreshed by every update, with one Raft write per tenth of the TTL at most.
+async fn refresh_deadline(app: &AppState, id: &str, record: &ProgressRecord) -> ApiResult<()> {
+    if record.expires_at_ms >= shoal_raft::unix_millis().saturating_add(record.ttl_ms) {
+        return Ok(());
+    }
+    let update = ProgressUpdate::Started;
+    let command =
+        ProgressCommand::Update { id: id.to_string(), attempt: record.attempt, seq: 0, update };
+    app.store.write(Command::Progress(command)).await?;
+    Ok(())
 }
 
 /// What a tracker event changes: its status (`None` for progress), and for a terminal
@@ -215,10 +251,12 @@ pub async fn apply_event(
     record: &ProgressRecord,
     event: TrackerEvent,
 ) -> ApiResult<Response> {
+    check_size(app, &event)?;
     let id = id.to_string();
-    let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
     let Effect { kind, status, result, error } = effect(&event)?;
+    let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
     let Some(status) = status else {
+        refresh_deadline(app, &id, record).await?;
         let seq = topic.publish("progress", event.data).await.ok_or(Rejection::ProgressFinished)?;
         return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response());
     };

@@ -6,10 +6,11 @@
 
 pub mod redis_feed;
 pub mod relay;
+pub mod sweep;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,9 +18,11 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Live events a slow subscriber may fall behind by before it re-reads the history.
 const LIVE_BUFFER: usize = 256;
-/// Events a topic keeps for resuming clients; older ones are dropped in halves, and a
-/// client resuming before them gets a fresh snapshot instead.
+/// Events a topic keeps for resuming clients, at most this many and this much memory
+/// (as [`footprint`] estimates it); the oldest go first, and a client resuming before
+/// the kept ones gets a fresh snapshot instead.
 const MAX_HISTORY: usize = 10_000;
+const MAX_HISTORY_BYTES: usize = 1024 * 1024;
 
 /// One event of a search or tracker.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,10 +66,16 @@ pub struct Topic {
     relayed: bool,
     sink: Option<EventSink>,
     log: tokio::sync::Mutex<TopicLog>,
-    live: broadcast::Sender<Arc<ProgressEvent>>,
+    /// Made by the first subscriber: a channel holds its `LIVE_BUFFER` slots from the
+    /// start (about 12 KiB), and most topics (trackers nobody follows) never get one.
+    /// Set and sent on under `log`'s lock, so a subscriber misses nothing.
+    live: OnceLock<broadcast::Sender<Arc<ProgressEvent>>>,
     /// Turns true when no more events will come through this topic although none was
     /// terminal (a relay that lost its source): streams end and clients reconnect.
-    closed: tokio::sync::watch::Sender<bool>,
+    /// Made by the first stream that watches for it, like `live` (a watch channel takes
+    /// about half a KiB); `is_closed` says it for those that come later.
+    closed: OnceLock<tokio::sync::watch::Sender<bool>>,
+    is_closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +83,10 @@ struct TopicLog {
     /// Events up to this one are not in `history` (before the topic opened, or dropped).
     base_seq: u64,
     last_seq: u64,
-    history: Vec<Arc<ProgressEvent>>,
+    /// The kept events, oldest first, each with its [`footprint`].
+    history: VecDeque<(usize, Arc<ProgressEvent>)>,
+    /// The sum of the kept events' footprints.
+    history_bytes: usize,
     finished: bool,
 }
 
@@ -95,11 +107,11 @@ pub struct Subscription<T> {
 
 impl Topic {
     fn new(id: &str, attempt: u32, last_seq: u64, relayed: bool, sink: Option<EventSink>) -> Self {
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let log = TopicLog { base_seq: last_seq, last_seq, history: Vec::new(), finished: false };
-        let (closed, _) = tokio::sync::watch::channel(false);
+        let log = TopicLog { base_seq: last_seq, last_seq, ..TopicLog::default() };
         let id = Arc::from(id);
-        Self { attempt, id, relayed, sink, log: tokio::sync::Mutex::new(log), live, closed }
+        let (live, closed, is_closed) = (OnceLock::new(), OnceLock::new(), Default::default());
+        let log = tokio::sync::Mutex::new(log);
+        Self { attempt, id, relayed, sink, log, live, closed, is_closed }
     }
 
     /// Returns whether this topic relays events published elsewhere.
@@ -139,17 +151,24 @@ impl Topic {
         let event =
             Arc::new(ProgressEvent { attempt: self.attempt, seq: log.last_seq, kind, data });
         log.finished |= event.is_terminal();
-        log.history.push(event.clone());
-        if log.history.len() > MAX_HISTORY {
-            log.history.drain(..MAX_HISTORY / 2);
-            log.base_seq = log.history[0].seq - 1;
+        let size = footprint(&event.data);
+        log.history.push_back((size, event.clone()));
+        log.history_bytes += size;
+        while log.history.len() > 1
+            && (log.history.len() > MAX_HISTORY || log.history_bytes > MAX_HISTORY_BYTES)
+        {
+            let (size, dropped) = log.history.pop_front().expect("more than one event");
+            log.history_bytes -= size;
+            log.base_seq = dropped.seq;
         }
         if let Some(sink) = &self.sink {
             // The sink's task outlives the topics; if it is gone, the node is stopping.
             let _ = sink.send((self.id.clone(), event.clone()));
         }
-        // No receiver is fine: nobody is watching right now.
-        let _ = self.live.send(event);
+        // No channel or no receiver is fine: nobody is watching right now.
+        if let Some(live) = self.live.get() {
+            let _ = live.send(event);
+        }
         log.last_seq
     }
 
@@ -165,15 +184,16 @@ impl Topic {
         // be replayed exactly: the subscriber starts over from a snapshot.
         let after = after.filter(|after| (log.base_seq..=log.last_seq).contains(after));
         let replay = match after {
-            Some(after) => log.history.iter().filter(|event| event.seq > after).cloned().collect(),
+            Some(after) => log.events_after(after),
             None => Vec::new(),
         };
+        let live = self.live.get_or_init(|| broadcast::channel(LIVE_BUFFER).0);
         Subscription {
             seq: log.last_seq,
             state: read(),
             resumed: after.is_some(),
             replay,
-            live: self.live.subscribe(),
+            live: live.subscribe(),
             finished: log.finished,
         }
     }
@@ -224,23 +244,58 @@ impl Topic {
 
     /// Ends every stream of this topic without a terminal event (see `closed`).
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.is_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(closed) = self.closed.get() {
+            closed.send_replace(true);
+        }
     }
 
     /// Returns a receiver that turns true when the topic is closed.
     pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closed.subscribe()
+        let is_closed = || self.is_closed.load(std::sync::atomic::Ordering::SeqCst);
+        let closed = self.closed.get_or_init(|| tokio::sync::watch::channel(is_closed()).0);
+        // Closed between the check above and the channel's making: say so now.
+        if is_closed() {
+            closed.send_replace(true);
+        }
+        closed.subscribe()
     }
 
     /// Returns how many subscribers are listening now.
     pub fn num_subscribers(&self) -> usize {
-        self.live.receiver_count()
+        self.live.get().map_or(0, broadcast::Sender::receiver_count)
     }
 
     /// Returns the events after `after`, for a subscriber that fell behind.
     pub async fn since(&self, after: u64) -> Vec<Arc<ProgressEvent>> {
+        self.log.lock().await.events_after(after)
+    }
+
+    /// Returns how many events the topic keeps, and their footprint.
+    pub async fn history_size(&self) -> (usize, usize) {
         let log = self.log.lock().await;
-        log.history.iter().filter(|event| event.seq > after).cloned().collect()
+        (log.history.len(), log.history_bytes)
+    }
+}
+
+impl TopicLog {
+    fn events_after(&self, after: u64) -> Vec<Arc<ProgressEvent>> {
+        self.history.iter().filter(|(_, event)| event.seq > after).map(|(_, e)| e.clone()).collect()
+    }
+}
+
+/// Returns about how much memory `value` holds: its nodes, strings and map entries. Not
+/// its JSON size: `[0,0,…]` takes 2 bytes of JSON and 32 of memory per element.
+fn footprint(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => NODE,
+        Value::String(text) => NODE + text.len(),
+        Value::Array(items) => NODE + items.iter().map(footprint).sum::<usize>(),
+        // A B-tree entry: the key's string and heap text, the value, and node overhead.
+        Value::Object(map) => {
+            NODE + map.iter().map(|(key, item)| 48 + key.len() + footprint(item)).sum::<usize>()
+        }
     }
 }
 
@@ -311,6 +366,22 @@ impl Hub {
         self.topics.lock().expect("hub lock").get(id).cloned()
     }
 
+    /// Returns every topic with its id.
+    pub fn topics(&self) -> Vec<(String, Arc<Topic>)> {
+        let topics = self.topics.lock().expect("hub lock");
+        topics.iter().map(|(id, topic)| (id.clone(), topic.clone())).collect()
+    }
+
+    /// Returns how many topics the hub holds.
+    pub fn len(&self) -> usize {
+        self.topics.lock().expect("hub lock").len()
+    }
+
+    /// Returns whether the hub holds no topic.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets the topic of `id` after `linger`, so late reconnects can still resume from
     /// memory; later ones are served from the replicated record.
     pub fn retire(self: &Arc<Self>, id: &str, topic: &Arc<Topic>, linger: Duration) {
@@ -370,5 +441,38 @@ mod tests {
         let opened_later = Topic::new("s", 1, 10, false, None);
         assert!(!opened_later.subscribe(Some(3), || ()).await.resumed);
         assert!(opened_later.subscribe(Some(10), || ()).await.resumed);
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_by_bytes_and_resumes_before_it_start_over() {
+        let topic = Topic::new("t", 1, 0, false, None);
+        assert!(topic.live.get().is_none(), "no channel until someone subscribes");
+        let blob = json!({ "blob": "x".repeat(16 * 1024) });
+        for _ in 0..3_000 {
+            topic.publish("progress", blob.clone()).await;
+        }
+        let (kept, bytes) = topic.history_size().await;
+        assert!(bytes <= MAX_HISTORY_BYTES && (60..70).contains(&kept), "{kept} events, {bytes} B");
+        let oldest_kept = 3_000 - kept as u64 + 1;
+        assert!(!topic.subscribe(Some(oldest_kept - 2), || ()).await.resumed, "snapshot");
+        let resumed = topic.subscribe(Some(oldest_kept - 1), || ()).await;
+        assert!(resumed.resumed && resumed.replay.len() == kept);
+        assert_eq!(topic.num_subscribers(), 1, "the live channel, made by the first");
+        // Small events are bounded by count.
+        let small = Topic::new("s", 1, 0, false, None);
+        for _ in 0..MAX_HISTORY + 5 {
+            small.publish("progress", json!({})).await;
+        }
+        assert_eq!(small.history_size().await.0, MAX_HISTORY);
+        // Closing before anyone watches, or after: every watcher sees it.
+        let watched = topic.closed();
+        assert!(!*watched.borrow());
+        topic.close();
+        assert!(*watched.borrow() && *topic.closed().borrow());
+        let unwatched = Topic::new("u", 1, 0, false, None);
+        unwatched.close();
+        assert!(*unwatched.closed().borrow());
+        // Memory, not JSON: an array of zeros holds 32 bytes an element.
+        assert_eq!(footprint(&json!([0, 0, 0])), 4 * std::mem::size_of::<Value>());
     }
 }
