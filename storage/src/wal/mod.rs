@@ -154,6 +154,12 @@ pub struct Wal {
     dir: PathBuf,
     /// Held by `append`, `truncate` and `purge` for their whole run.
     writer: Mutex<()>,
+    /// Held for reading while a read finds its records' bytes and reads them, and for
+    /// writing while `truncate` shortens the log: a read racing a truncate of the same
+    /// records sees them as they were or as gone, never a file cut under it (a short
+    /// read) or rewritten by the next append (another record where it looks). Appends
+    /// write past every listed record, so they need not wait for reads.
+    truncating: RwLock<()>,
     /// In index order. The last one is the one the manifest names.
     segments: RwLock<Vec<Segment>>,
     /// The hint file, opened at its first write.
@@ -239,6 +245,7 @@ impl Wal {
         if from >= to {
             return Ok(Vec::new());
         }
+        let _not_truncated = self.truncating.read().unwrap_or_else(PoisonError::into_inner);
         // Which byte ranges of which files, found under the lock, read outside it.
         let mut spans = Vec::new();
         {
@@ -280,6 +287,7 @@ impl Wal {
     /// Removes the records with indexes `from` and above, durably.
     pub fn truncate(&self, from: u64) -> Result<()> {
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _no_reads = self.truncating.write().unwrap_or_else(PoisonError::into_inner);
         let mut segments = self.segments.read().unwrap_or_else(PoisonError::into_inner).clone();
         let num_kept = segments.partition_point(|segment| segment.first_index < from);
         if num_kept < segments.len() {

@@ -207,6 +207,7 @@ fn wal_of(dir: &Path, segments: Vec<Segment>) -> Wal {
     Wal {
         dir: dir.to_path_buf(),
         writer: Mutex::new(()),
+        truncating: RwLock::new(()),
         segments: RwLock::new(segments),
         hint: Mutex::new(None),
     }

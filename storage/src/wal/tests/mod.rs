@@ -339,3 +339,42 @@ fn a_new_directory_is_only_created_when_opened() {
     assert_eq!(dir_contents(&dir).into_keys().collect::<Vec<_>>(), ["manifest"]);
     wal.append(&records(1..2)).unwrap();
 }
+
+/// A read racing a truncate of the records it reads (a deposed leader's replication
+/// reading its tail while the new leader's entries truncate it) sees them whole or not
+/// at all: before, the read could come up short ("failed to fill whole buffer") or find
+/// the next append's records, and openraft stops its core on such an error.
+#[test]
+fn reads_racing_truncates_of_the_same_records_see_them_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path()).unwrap();
+    let wal = std::sync::Arc::new(wal);
+    wal.append(&records(1..11)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (wal, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let read = wal.read(5, 20).unwrap_or_else(|error| panic!("read {reads}: {error}"));
+                let indexes: Vec<u64> = read.iter().map(|(index, _)| *index).collect();
+                assert!(indexes.is_empty() || indexes[0] == 5, "{indexes:?}");
+                for (index, payload) in read {
+                    let expected = [format!("entry {index}"), format!("again {index}")];
+                    assert!(expected.iter().any(|text| text.as_bytes() == payload), "{index}");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 0..2_000 {
+        wal.truncate(5).unwrap();
+        let word = if round % 2 == 0 { "again" } else { "entry" };
+        let batch: Vec<(u64, Vec<u8>)> =
+            (5..11).map(|index| (index, format!("{word} {index}").into_bytes())).collect();
+        wal.append(&batch).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+}
