@@ -1,4 +1,5 @@
-//! Test harness: real `shoal` processes on loopback ports with temp data dirs.
+//! Test harness: real `shoal` processes on loopback ports with temp data dirs, and a
+//! linearizability checker for the histories tests record.
 //!
 //! Processes are SIGKILLed when their handle drops; every wait has a named deadline and
 //! fails with what it last saw.
@@ -13,7 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod history;
+pub mod linearizability;
+pub mod random;
+pub mod register;
 mod servers;
+
 pub use servers::{binary_on_path, Backing, Mode, RedisServer, S3Server};
 
 /// Returns the path of the `shoal` binary, building it once per test process unless
