@@ -1,5 +1,6 @@
 //! Test harness: real `shoal` processes on loopback ports (or in network namespaces) with
-//! temp data dirs, and a linearizability checker for the histories tests record.
+//! temp data dirs, and the fault suite run against them: recorded histories, a
+//! linearizability checker, and nemeses.
 //!
 //! Processes are SIGKILLed when their handle drops; every wait has a named deadline and
 //! fails with what it last saw.
@@ -16,10 +17,14 @@ use anyhow::{bail, Context};
 
 pub mod history;
 pub mod linearizability;
+pub mod nemesis;
 pub mod netns;
 pub mod random;
 pub mod register;
+pub mod robustness;
 mod servers;
+pub mod system;
+pub mod workload;
 
 pub use servers::{binary_on_path, Backing, Mode, RedisServer, S3Server};
 
