@@ -250,9 +250,10 @@ async fn run_client(
             Outcome::Read { version, .. } | Outcome::Written { version } => {
                 seen_versions.insert(key, version);
             }
-            // A node that is down or without a leader: no point in asking again at once.
+            // A node that is down or without a leader: back off as a client honouring
+            // Retry-After would, if not as long, rather than pile up unknown writes.
             Outcome::Unsent | Outcome::Indeterminate { .. } => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(random.millis(100, 300)).await;
             }
             _ => {}
         }
