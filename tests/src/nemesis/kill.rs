@@ -2,7 +2,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{Fault, Nemesis};
+use super::{describe_nodes, Fault, Nemesis};
 use crate::random::Random;
 use crate::system::System;
 
@@ -50,19 +50,4 @@ impl Nemesis for Kill {
             Ok(())
         })
     }
-}
-
-/// Returns "node 1 (leader), node 2" for notes.
-pub(super) fn describe_nodes(nodes: &[usize], leader: Option<usize>) -> String {
-    let names: Vec<String> = nodes
-        .iter()
-        .map(|node| {
-            if Some(*node) == leader {
-                format!("node {node} (leader)")
-            } else {
-                format!("node {node}")
-            }
-        })
-        .collect();
-    names.join(", ")
 }

@@ -62,3 +62,18 @@ pub trait Nemesis: Send {
 /// The election timeout robustness clusters run with ([`crate::CLUSTER_ARGS`]): the
 /// longest is twice this, and the leader's lease half of it.
 pub const ELECTION_TIMEOUT_MS: u64 = 300;
+
+/// Returns "node 1 (leader), node 2" for notes.
+fn describe_nodes(nodes: &[usize], leader: Option<usize>) -> String {
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|node| {
+            if Some(*node) == leader {
+                format!("node {node} (leader)")
+            } else {
+                format!("node {node}")
+            }
+        })
+        .collect();
+    names.join(", ")
+}

@@ -2,7 +2,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{Fault, Nemesis};
+use super::{describe_nodes, Fault, Nemesis};
 use crate::netns::Cut;
 use crate::random::Random;
 use crate::system::System;
@@ -50,21 +50,20 @@ impl Nemesis for Partition {
                         .iter()
                         .flat_map(|other| [(isolated, *other), (*other, isolated)])
                         .collect::<Vec<_>>();
-                    let role = if Some(isolated) == leader { " (leader)" } else { "" };
-                    (format!("isolate node {isolated}{role}"), pairs)
+                    (format!("isolate {}", describe_nodes(&[isolated], leader)), pairs)
                 }
                 shape => {
                     let first = *random.pick(&members).expect("two members or more");
                     let rest: Vec<usize> =
                         members.iter().copied().filter(|node| *node != first).collect();
                     let second = *random.pick(&rest).expect("one more");
+                    let (first_name, second_name) =
+                        (describe_nodes(&[first], leader), describe_nodes(&[second], leader));
                     if shape == 1 {
-                        let text = format!("cut link {first} - {second} (leader {leader:?})");
+                        let text = format!("cut the link {first_name} - {second_name}");
                         (text, vec![(first, second), (second, first)])
                     } else {
-                        let text = format!(
-                            "node {first} hears nothing from node {second} (leader {leader:?})"
-                        );
+                        let text = format!("{first_name} hears nothing from {second_name}");
                         (text, vec![(first, second)])
                     }
                 }

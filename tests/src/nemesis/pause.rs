@@ -4,8 +4,7 @@ use std::process::Command;
 
 use futures::future::BoxFuture;
 
-use super::kill::describe_nodes;
-use super::{Fault, Nemesis, ELECTION_TIMEOUT_MS};
+use super::{describe_nodes, Fault, Nemesis, ELECTION_TIMEOUT_MS};
 use crate::random::Random;
 use crate::system::System;
 

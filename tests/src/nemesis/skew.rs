@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use futures::future::BoxFuture;
 
-use super::kill::describe_nodes;
-use super::{Fault, Nemesis};
+use super::{describe_nodes, Fault, Nemesis};
 use crate::random::Random;
 use crate::system::System;
 
