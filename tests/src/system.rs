@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::netns::Netns;
 use crate::random::Random;
-use crate::{get_json, Placement, TestCluster};
+use crate::{get_json, wait_until, Placement, TestCluster};
 
 /// The admin token robustness clusters start with (for membership changes).
 pub const ADMIN_TOKEN: &str = "robustness-admin-token";
@@ -117,10 +117,34 @@ impl System {
         self.node_ids.get(node).copied().flatten()
     }
 
-    /// Waits until the members agree on a leader and on the number of voters, and
-    /// returns the leader.
+    /// Waits until the members agree on a leader and on the number of voters and each
+    /// says it is ready (`/api/health/ready`: a node whose Raft has stopped can still
+    /// show the others' view in `/api/health`), and returns the leader.
     pub async fn wait_converged(&self) -> anyhow::Result<usize> {
-        self.cluster.wait_converged(&self.members, self.voters, RECOVERY).await
+        let leader = self.cluster.wait_converged(&self.members, self.voters, RECOVERY).await?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let urls: Vec<String> = self
+            .members
+            .iter()
+            .map(|node| self.cluster.nodes[*node].url("/api/health/ready"))
+            .collect();
+        wait_until("every member is ready", RECOVERY, || {
+            let urls = &urls;
+            let checks: Vec<_> = urls.iter().map(|url| client.get(url).send()).collect();
+            async move {
+                let answers = futures::future::join_all(checks).await;
+                let not_ready: Vec<&String> = answers
+                    .iter()
+                    .zip(urls)
+                    .filter(|(answer, _)| !answer.as_ref().is_ok_and(|reply| reply.status() == 200))
+                    .map(|(_, url)| url)
+                    .collect();
+                anyhow::ensure!(not_ready.is_empty(), "not ready: {not_ready:?}");
+                Ok(true)
+            }
+        })
+        .await?;
+        Ok(leader)
     }
 
     /// Returns the member that leads by its own account (the highest term, if more than
