@@ -1,4 +1,6 @@
-//! Test harness: real `shoal` processes on loopback ports with temp data dirs.
+//! Test harness: real `shoal` processes on loopback ports (or in network namespaces) with
+//! temp data dirs, and the fault suite run against them: recorded histories, a
+//! linearizability checker, and nemeses.
 //!
 //! Processes are SIGKILLed when their handle drops; every wait has a named deadline and
 //! fails with what it last saw.
@@ -13,7 +15,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod history;
+pub mod linearizability;
+pub mod nemesis;
+pub mod netns;
+pub mod random;
+pub mod register;
+pub mod robustness;
 mod servers;
+pub mod system;
+pub mod workload;
+
 pub use servers::{binary_on_path, Backing, Mode, RedisServer, S3Server};
 
 /// Returns the path of the `shoal` binary, building it once per test process unless
@@ -81,11 +93,34 @@ pub const FAST_RAFT_ARGS: &[&str] = &[
     "200",
 ];
 
+/// Where a node listens, and the command prefix that puts it there (such as
+/// `ip netns exec <namespace>`; empty on loopback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub host: String,
+    pub port: u16,
+    pub launcher: Vec<String>,
+}
+
+impl Placement {
+    /// Returns a placement on loopback port `port`.
+    pub fn loopback(port: u16) -> Self {
+        Self { host: "127.0.0.1".to_string(), port, launcher: Vec::new() }
+    }
+
+    /// Returns `host:port`, as `--peers` names the node.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// One `shoal` process.
 #[derive(Debug)]
 pub struct TestNode {
     child: Option<Child>,
+    pub host: String,
     pub port: u16,
+    launcher: Vec<String>,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     extra_args: Vec<String>,
@@ -113,16 +148,17 @@ impl TestNode {
         extra_args: &[&str],
         envs: &[(String, String)],
     ) -> anyhow::Result<Self> {
-        let mut node = Self {
-            child: None,
-            port,
-            data_dir: data_dir.to_path_buf(),
-            log_path: data_dir.with_extension("log"),
-            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            envs: envs.to_vec(),
-            open_files: None,
-            starts: 0,
-        };
+        Self::start_placed(Placement::loopback(port), data_dir, extra_args, envs)
+    }
+
+    /// Starts `shoal` at `placement` with `envs` set as well.
+    pub fn start_placed(
+        placement: Placement,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut node = Self::unstarted(placement, data_dir, extra_args, envs);
         node.spawn()?;
         Ok(node)
     }
@@ -134,36 +170,50 @@ impl TestNode {
         extra_args: &[&str],
         open_files: u32,
     ) -> anyhow::Result<Self> {
-        let mut node = Self {
+        let mut node = Self::unstarted(Placement::loopback(free_port()), data_dir, extra_args, &[]);
+        node.open_files = Some(open_files);
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn unstarted(
+        placement: Placement,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(String, String)],
+    ) -> Self {
+        Self {
             child: None,
-            port: free_port(),
+            host: placement.host,
+            port: placement.port,
+            launcher: placement.launcher,
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            envs: Vec::new(),
-            open_files: Some(open_files),
+            envs: envs.to_vec(),
+            open_files: None,
             starts: 0,
-        };
-        node.spawn()?;
-        Ok(node)
+        }
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
         let log = File::options().create(true).append(true).open(&self.log_path)?;
-        let mut command = match self.open_files {
-            None => Command::new(shoal_binary()),
-            Some(limit) => {
-                // `exec`: the process is shoal itself, so kill and /proc reach it.
-                let mut bash = Command::new("bash");
-                bash.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""));
-                bash.arg(shoal_binary());
-                bash
-            }
-        };
+        // The program and its arguments before shoal's own: a launcher (such as
+        // `ip netns exec`), then bash when the open-file limit is set (`exec`: the process
+        // is shoal itself, so kill and /proc reach it).
+        let mut program: Vec<std::ffi::OsString> =
+            self.launcher.iter().map(std::ffi::OsString::from).collect();
+        if let Some(limit) = self.open_files {
+            program.extend(["bash".into(), "-c".into()]);
+            program.push(format!("ulimit -n {limit} && exec \"$0\" \"$@\"").into());
+        }
+        program.push(shoal_binary().into());
+        let mut command = Command::new(&program[0]);
+        command.args(&program[1..]);
         let child = command
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
@@ -180,9 +230,23 @@ impl TestNode {
         Ok(())
     }
 
-    /// Returns `http://127.0.0.1:<port><path>`.
+    /// Returns `http://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
+    }
+
+    /// Returns the process id while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sets (or with `None` removes) environment variable `name` for the node's next
+    /// starts; the running process keeps what it started with.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.envs.retain(|(existing, _)| existing != name);
+        if let Some(value) = value {
+            self.envs.push((name.to_string(), value.to_string()));
+        }
     }
 
     /// Waits until `/api/health/ready` answers 200.
@@ -199,11 +263,6 @@ impl TestNode {
             bail!("shoal exited with {status}; log:\n{}", self.log());
         }
         result.with_context(|| format!("log:\n{}", self.log()))
-    }
-
-    /// Returns the process id of the running node.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Returns the node's resident memory in KiB (`VmRSS` in `/proc/<pid>/status`).
@@ -359,23 +418,31 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `count` nodes in `root`, each with every node in `--peers`.
     pub fn start(root: &Path, count: usize, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let placements = (0..count).map(|_| Placement::loopback(free_port())).collect();
+        Self::start_at(root, placements, extra_args)
+    }
+
+    /// Starts one node at each of `placements`, each with every node in `--peers`.
+    pub fn start_at(
+        root: &Path,
+        placements: Vec<Placement>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut cluster = Self { nodes: Vec::new(), root: root.to_path_buf(), args: Vec::new() };
         cluster.args = CLUSTER_ARGS.iter().chain(extra_args).map(|arg| arg.to_string()).collect();
-        let peers =
-            ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",");
-        for (index, port) in ports.into_iter().enumerate() {
-            cluster.nodes.push(cluster.spawn(index, port, &peers)?);
+        let peers = placements.iter().map(Placement::addr).collect::<Vec<_>>().join(",");
+        for (index, placement) in placements.into_iter().enumerate() {
+            cluster.nodes.push(cluster.spawn(index, placement, &peers)?);
         }
         Ok(cluster)
     }
 
-    fn spawn(&self, index: usize, port: u16, peers: &str) -> anyhow::Result<TestNode> {
+    fn spawn(&self, index: usize, placement: Placement, peers: &str) -> anyhow::Result<TestNode> {
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         args.extend(["--peers", peers, "--instance-id"]);
         let instance = format!("node-{index}");
         args.push(&instance);
-        TestNode::start_on(port, &self.root.join(format!("n{index}")), &args)
+        TestNode::start_placed(placement, &self.root.join(format!("n{index}")), &args, &[])
     }
 
     /// Wraps nodes started by hand (with `CLUSTER_ARGS`) into a cluster.
@@ -391,13 +458,18 @@ impl TestCluster {
 
     /// Starts one more node whose `--peers` names only the nodes at `seeds`.
     pub fn add_node(&mut self, seeds: &[usize]) -> anyhow::Result<usize> {
+        self.add_node_at(seeds, Placement::loopback(free_port()))
+    }
+
+    /// Starts one more node at `placement` whose `--peers` names only the nodes at `seeds`.
+    pub fn add_node_at(&mut self, seeds: &[usize], placement: Placement) -> anyhow::Result<usize> {
         let peers = seeds
             .iter()
-            .map(|seed| format!("127.0.0.1:{}", self.nodes[*seed].port))
+            .map(|seed| format!("{}:{}", self.nodes[*seed].host, self.nodes[*seed].port))
             .collect::<Vec<_>>()
             .join(",");
         let index = self.nodes.len();
-        let node = self.spawn(index, free_port(), &peers)?;
+        let node = self.spawn(index, placement, &peers)?;
         self.nodes.push(node);
         Ok(index)
     }
