@@ -92,6 +92,9 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// The last purged entry.
     pub purged_index: Option<u64>,
+    /// Why this node's Raft core stopped, if it did (it then serves nothing until a
+    /// restart).
+    pub stopped: Option<String>,
 }
 
 /// The Raft node of this process and the state it replicates.
@@ -551,6 +554,7 @@ impl Cluster {
             last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
             snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
             purged_index: metrics.purged.map(|log_id| log_id.index),
+            stopped: metrics.running_state.as_ref().err().map(ToString::to_string),
         }
     }
 

@@ -17,7 +17,10 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+/// 200 `"status": "ok"`, or 503 `"status": "raft_stopped"` (with the reason) once this
+/// node's Raft core has stopped: it serves nothing until it is restarted, and a load
+/// balancer checking this path moves on.
+async fn health(State(app): State<AppState>) -> Response {
     let status = app.cluster.status();
     let members: Vec<_> = super::cluster::members(&app)
         .await
@@ -31,8 +34,13 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({
-        "status": "ok",
+    let (code, state) = match &status.stopped {
+        None => (StatusCode::OK, "ok"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "raft_stopped"),
+    };
+    let body = Json(json!({
+        "status": state,
+        "raft_stopped": status.stopped,
         "instance_id": app.instance_id,
         "node_id": status.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -52,7 +60,8 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
             "purged_index": status.purged_index,
         },
         "thread_pool_stats": app.searches.pool_stats(),
-    }))
+    }));
+    (code, body).into_response()
 }
 
 /// 200 when this node can serve linearizable reads and writes now (a leader confirmed
