@@ -230,6 +230,11 @@ impl TestNode {
         Ok(())
     }
 
+    /// Returns `host:port`, as `--peers` names the node.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     /// Returns `http://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}:{}{path}", self.host, self.port)

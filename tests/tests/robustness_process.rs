@@ -9,7 +9,7 @@
 //! The tests that need root (network namespaces) or libfaketime are ignored by a plain
 //! `cargo test`; `scripts/test` installs what they need and runs them.
 
-use shoal_tests::nemesis::{Churn, ClockSkew, Kill, Nemesis, Partition, Pause};
+use shoal_tests::nemesis::{Churn, ClockSkew, Kill, Nemesis, Partition, Pause, Stranger};
 use shoal_tests::robustness::{run, Run};
 use shoal_tests::system::Network;
 use shoal_tests::workload::Workload;
@@ -33,6 +33,17 @@ async fn pauses() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_churn() -> anyhow::Result<()> {
     run(loopback("churn", vec![Box::new(Churn::default())], 1)).await?;
+    Ok(())
+}
+
+/// The attacks of docs/threat-model.md (an impostor gossiping as a member, forged and
+/// replayed internal requests, oversized bodies, silent connections), with leaders
+/// paused meanwhile: nothing a stranger sends changes the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers() -> anyhow::Result<()> {
+    let nemeses: Vec<Box<dyn Nemesis>> =
+        vec![Box::new(Stranger::default()), Box::new(Pause::default())];
+    run(loopback("stranger", nemeses, 2)).await?;
     Ok(())
 }
 
@@ -67,6 +78,7 @@ async fn mixed_faults() -> anyhow::Result<()> {
         Box::new(Partition::default()),
         Box::new(ClockSkew::new()?),
         Box::new(Churn::default()),
+        Box::new(Stranger::default()),
     ];
     let workload = Workload::default();
     run(Run { name: "mixed", network: Network::Namespaces, nemeses, max_active: 2, workload })

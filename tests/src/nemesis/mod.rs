@@ -12,6 +12,7 @@ mod partition;
 mod pause;
 mod schedule;
 mod skew;
+mod stranger;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub use partition::Partition;
 pub use pause::Pause;
 pub use schedule::{Schedule, ScheduleReport};
 pub use skew::ClockSkew;
+pub use stranger::Stranger;
 
 use crate::random::Random;
 use crate::system::System;
