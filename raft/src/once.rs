@@ -14,7 +14,7 @@ use std::time::Duration;
 use shoal_storage::{codec, Tree, WriteBatch};
 
 use crate::keys;
-use crate::types::{Command, Rejection, Response};
+use crate::types::{Command, Rejection, Response, SessionRecord};
 use crate::unix_millis;
 
 /// How long after a write entered the cluster a copy of it may still reach the leader:
@@ -39,21 +39,54 @@ pub(crate) fn keyed(command: Command, window: Duration) -> Command {
     }
 }
 
-/// Returns the answer of the first application of the write with `key`, if it applied.
+/// What is kept of a first application's answer.
+///
+/// A session's answer is its record after the write: rather than a copy of the record
+/// (as large as the session, for every write), only its version is kept, and the record
+/// is read again when a copy comes. While the session is still at that version, that is
+/// the first answer (its deadline may have slid since, as any read would show); once a
+/// later write has changed it, the first answer is gone and the copy is told that its
+/// outcome cannot be known, never given another write's record.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Remembered {
+    Answer(Response),
+    Session { version: u64 },
+}
+
+/// Returns the answer of the first application of the write with `key`, if it applied;
+/// `session` reads a session's current record.
 pub(crate) fn answered(
     state: &dyn Tree,
     deadline_ms: u64,
     key: u128,
+    session: impl FnOnce(&str) -> shoal_storage::Result<Option<SessionRecord>>,
+    command: &Command,
 ) -> shoal_storage::Result<Option<Response>> {
-    state
-        .get(&keys::once(deadline_ms, key))?
-        .map(|bytes| codec::decode(&bytes, "write answer"))
-        .transpose()
+    let Some(bytes) = state.get(&keys::once(deadline_ms, key))? else { return Ok(None) };
+    Ok(Some(match codec::decode(&bytes, "write answer")? {
+        Remembered::Answer(answer) => answer,
+        Remembered::Session { version } => {
+            let id = match command {
+                Command::CreateSession { id, .. } | Command::UpdateSession { id, .. } => id,
+                _ => return Ok(Some(Response::Rejected(Rejection::RequestExpired))),
+            };
+            match session(id)? {
+                Some(record) if record.version == version => {
+                    Response::Session { id: id.clone(), record }
+                }
+                _ => Response::Rejected(Rejection::RequestExpired),
+            }
+        }
+    }))
 }
 
-/// Keeps `answer` as the answer of the write with `key` until its deadline.
+/// Keeps what [`answered`] needs of `answer` until the write's deadline.
 pub(crate) fn remember(batch: &mut WriteBatch, deadline_ms: u64, key: u128, answer: &Response) {
-    batch.put(keys::once(deadline_ms, key), codec::encode(answer));
+    let remembered = match answer {
+        Response::Session { record, .. } => Remembered::Session { version: record.version },
+        other => Remembered::Answer(other.clone()),
+    };
+    batch.put(keys::once(deadline_ms, key), codec::encode(&remembered));
 }
 
 /// Returns the answer to a copy of a keyed write whose deadline has passed at `now_ms`.

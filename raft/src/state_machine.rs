@@ -44,7 +44,7 @@ type Membership = StoredMembership<NodeId, Node>;
 /// A snapshot as kept on disk: openraft's metadata, and the encoded state pairs only
 /// while a received snapshot is being installed (see [`StateMachineStore`]).
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+pub(crate) struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Node>,
     data: Vec<u8>,
 }
@@ -470,7 +470,10 @@ impl StateMachineStore {
                 if let Some(refused) = once::expired(now_ms, deadline_ms) {
                     return Ok(refused);
                 }
-                if let Some(first) = once::answered(state, deadline_ms, key)? {
+                let live = |id: &str| {
+                    Ok(read_session(state, id)?.filter(|record| !record.is_expired(now_ms)))
+                };
+                if let Some(first) = once::answered(state, deadline_ms, key, live, &command)? {
                     return Ok(first);
                 }
                 let answer = self.apply_request(Request { now_ms, command: *command }, change)?;

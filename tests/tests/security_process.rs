@@ -408,6 +408,13 @@ async fn a_replayed_or_repeated_forwarded_write_applies_once() -> anyhow::Result
     let (status, answer) = forwarded(leader_node, &head, forward_body(&first)).await?;
     assert_eq!((status, version_of(&answer)), (StatusCode::OK, Some(2)));
 
+    tracing::info!(
+        "--- the same write sent again by a member (new nonce, same key): the first answer"
+    );
+    let again = RequestHead::new("POST", FORWARD, leader_id, &forward_body(&first));
+    let (status, answer) = forwarded(leader_node, &again, forward_body(&first)).await?;
+    assert_eq!((status, version_of(&answer)), (StatusCode::OK, Some(2)), "{answer:?}");
+
     tracing::info!("--- a client's later write: version 3");
     let later = http()
         .put(leader_node.url(&format!("/api/sessions/{id}")))
@@ -420,12 +427,14 @@ async fn a_replayed_or_repeated_forwarded_write_applies_once() -> anyhow::Result
     let (status, _) = forwarded(leader_node, &head, forward_body(&first)).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    tracing::info!(
-        "--- the same write sent again by a member (new nonce, same key): the first answer"
+    tracing::info!("--- sent again after the later write: applies nowhere, answers 'unknown'");
+    let late = RequestHead::new("POST", FORWARD, leader_id, &forward_body(&first));
+    let (status, answer) = forwarded(leader_node, &late, forward_body(&first)).await?;
+    let unknown = matches!(
+        answer,
+        Some(Err(shoal_raft::ClusterError::Rejected(shoal_raft::Rejection::RequestExpired)))
     );
-    let again = RequestHead::new("POST", FORWARD, leader_id, &forward_body(&first));
-    let (status, answer) = forwarded(leader_node, &again, forward_body(&first)).await?;
-    assert_eq!((status, version_of(&answer)), (StatusCode::OK, Some(2)), "{answer:?}");
+    assert!(status == StatusCode::OK && unknown, "{status} {answer:?}");
     for node in &cluster.nodes {
         let read = session(node).await?;
         assert_eq!(
