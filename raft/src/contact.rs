@@ -4,8 +4,8 @@
 //!
 //! A leader is in contact while a quorum acknowledged it within the longest election
 //! timeout (openraft's `millis_since_quorum_ack`, refreshed on every tick of its core);
-//! a follower or learner while its leader's appends reached it within that time; a
-//! candidate never (it has no leader to serve through).
+//! a follower, learner or candidate while a leader's appends reached it within that time
+//! (a candidate's election may end within moments; one that cannot win stays cut off).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,6 +34,11 @@ impl Contact {
         *self.heard_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
+    /// Notes that this node, leading, was last acknowledged by a quorum `at`.
+    fn heard_at(&self, at: Instant) {
+        *self.heard_at.lock().unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
     fn since_heard(&self) -> Duration {
         self.heard_at.lock().unwrap_or_else(PoisonError::into_inner).elapsed()
     }
@@ -50,11 +55,20 @@ pub(crate) fn spawn_monitor(
 ) -> watch::Receiver<bool> {
     let (verdicts, in_contact) = watch::channel(true);
     tokio::spawn(async move {
+        // Wakes on changes of state, leader or membership only, not on every append.
+        let mut server = raft.server_metrics();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading_since: Option<Instant> = None;
         while !verdicts.is_closed() {
-            ticker.tick().await;
+            // A verdict is due on every tick (time passes) and as soon as the node's
+            // state changes: a node just elected, or just following a new leader, must
+            // not be refused by a verdict from before the election.
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = server.changed() => if changed.is_err() { break },
+            }
+            server.borrow_and_update();
             let (state, millis_since_quorum_ack) = {
                 let metrics = raft.metrics();
                 let metrics = metrics.borrow();
@@ -65,16 +79,23 @@ pub(crate) fn spawn_monitor(
                 ServerState::Leader => {
                     let since = *leading_since.get_or_insert(now);
                     match millis_since_quorum_ack {
-                        Some(millis) => Duration::from_millis(millis) <= limit,
+                        Some(millis) => {
+                            let acknowledged = Duration::from_millis(millis);
+                            // Kept for when it steps down: its last contact is its quorum's.
+                            contact.heard_at(now.checked_sub(acknowledged).unwrap_or(now));
+                            acknowledged <= limit
+                        }
                         // Not acknowledged by a quorum yet: fine for a newly elected leader.
                         None => now.duration_since(since) <= limit,
                     }
                 }
-                ServerState::Follower | ServerState::Learner => {
+                // A candidate is in an election that may end within moments: it is cut
+                // off, as a follower is, only once no leader has reached it for `limit`.
+                ServerState::Follower | ServerState::Learner | ServerState::Candidate => {
                     leading_since = None;
                     contact.since_heard() <= limit
                 }
-                ServerState::Candidate | ServerState::Shutdown => {
+                ServerState::Shutdown => {
                     leading_since = None;
                     false
                 }

@@ -181,7 +181,9 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
             .json(&json!({"data": {"n": n}}))
             .send()
             .await?;
-        assert_eq!(response.status(), StatusCode::CREATED, "request {n} after the kill");
+        let status = response.status();
+        let answer = response.text().await?;
+        assert_eq!(status, StatusCode::CREATED, "request {n} after the kill: {answer}");
         assert_eq!(cookie_session(&client, &lb, &cookie).await?["data"]["user"], "ana");
     }
     Ok(())
