@@ -7,6 +7,9 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod data_dir;
+/// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gossip;
 mod http;
 pub mod jobs;

@@ -395,6 +395,8 @@ struct Seen {
     nonces: HashSet<Nonce>,
     /// Admission order, for forgetting: (timestamp, nonce).
     order: VecDeque<(u64, Nonce)>,
+    /// The latest clock reading admission was asked at.
+    latest_ms: u64,
 }
 
 impl ReplayGuard {
@@ -410,10 +412,18 @@ impl ReplayGuard {
             return Err(AuthError::Stale);
         }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // A nonce is forgotten once stale by the latest clock reading, and what is stale
+        // by it stays refused: after the clock steps back, a forgotten nonce must not
+        // read as fresh again (found by fuzzing, fuzz/regressions/auth/).
+        seen.latest_ms = seen.latest_ms.max(now_ms);
+        let latest_ms = seen.latest_ms;
+        if timestamp_ms.saturating_add(MAX_SKEW_MS) < latest_ms {
+            return Err(AuthError::Stale);
+        }
         // Forget what is stale by now: a replay of it is refused as stale. (Admission
         // order follows timestamps within the skew, so the front is the oldest enough.)
         while let Some(&(timestamp, old)) = seen.order.front() {
-            if timestamp.saturating_add(MAX_SKEW_MS) >= now_ms {
+            if timestamp.saturating_add(MAX_SKEW_MS) >= latest_ms {
                 break;
             }
             seen.order.pop_front();
@@ -565,5 +575,19 @@ mod tests {
         assert_eq!(guard.len(), 11);
         guard.admit(99, 1_040_000, 1_040_000).unwrap();
         assert_eq!(guard.len(), 1);
+    }
+
+    /// Found by fuzzing (fuzz/regressions/auth/): nonce 10 was forgotten at 1,040,000,
+    /// stale by then; with the clock stepped back to 1,010,000 its replay read as fresh
+    /// and new, and was admitted again.
+    #[test]
+    fn a_forgotten_nonce_stays_refused_after_the_clock_steps_back() {
+        let guard = ReplayGuard::new(1_000_000);
+        guard.admit(10, 1_000_100, 1_000_100).unwrap();
+        guard.admit(11, 1_040_000, 1_040_000).unwrap();
+        assert_eq!(guard.len(), 1, "nonce 10 is forgotten");
+        assert_eq!(guard.admit(10, 1_000_100, 1_010_000), Err(AuthError::Stale));
+        // Requests signed by the stepped-back clock itself are still admitted.
+        assert_eq!(guard.admit(12, 1_010_000, 1_010_000), Ok(()));
     }
 }

@@ -7,6 +7,9 @@ mod blob;
 mod cluster;
 mod contact;
 mod error;
+/// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod keys;
 mod lease;
 mod maintenance;

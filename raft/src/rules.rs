@@ -99,6 +99,21 @@ mod tests {
         assert_eq!((created.version, created.expires_at_ms), (1, 1500));
     }
 
+    /// Found by fuzzing (fuzz/regressions/merge_patch/): without exact float parsing,
+    /// `1.2534678901234565e+20` read back as `1.2534678901234563e+20`, so a patch of
+    /// another member changed it, and an empty patch made a new version.
+    #[test]
+    fn a_patch_leaves_other_numbers_as_they_were() {
+        let mut record = session(2, 5000);
+        // As the API stores data: written by serde_json, members in order.
+        record.data = r#"{"f":0.30000000000000004,"n":1.2534678901234565e+20}"#.to_string();
+        let patch = |text: &str| SessionChange::MergePatch(text.to_string());
+        let same = update_session(Some(record.clone()), 10, patch("{}"), None, 1000).unwrap();
+        assert_eq!((same.version, same.data.as_str()), (2, record.data.as_str()));
+        let other = update_session(Some(record), 10, patch(r#"{"x":1}"#), None, 1000).unwrap();
+        assert_eq!(other.data, r#"{"f":0.30000000000000004,"n":1.2534678901234565e+20,"x":1}"#);
+    }
+
     #[test]
     fn update_checks_version_size_and_shape() {
         let record = || Some(session(2, 5000));

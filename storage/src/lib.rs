@@ -21,3 +21,9 @@ pub use log_store::LogStore;
 pub use redis::{Redis, RedisBlobStore, RedisMessage, RedisResult};
 pub use s3::{S3BlobStore, S3Settings};
 pub use wal::{CheckedWal, Recovery, Wal};
+
+/// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::wal::fuzzing::{wal_recovery, wal_scan};
+}

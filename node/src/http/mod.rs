@@ -29,6 +29,8 @@ use futures::FutureExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+#[cfg(feature = "fuzzing")]
+pub(crate) use streams::parse as parse_stream_head;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;

@@ -244,3 +244,45 @@ fn a_missing_or_damaged_manifest_or_header_is_refused() {
     let message = assert_refused(dir.path(), &segment);
     assert!(message.contains("the segment header fails its checksum"), "{message}");
 }
+
+/// Found by fuzzing (fuzz/regressions/wal_recovery/): bytes overwritten across the end of
+/// one append (its marker's CRC) and the start of the next (its first frame) read as a
+/// torn append, and both appends, acknowledged, were cut without a word.
+#[test]
+fn damage_reaching_into_the_next_append_is_no_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path()).unwrap();
+    wal.append(&records(1..4)).unwrap();
+    wal.append(&records(4..6)).unwrap();
+    wal.append(&records(6..7)).unwrap();
+    let (_, append_ends) = layout(&wal);
+    drop(wal);
+    let segment = segment_files(dir.path()).remove(0);
+    let whole = fs::read(&segment).unwrap();
+    let second_end = append_ends[1] as usize;
+    let mut damaged = whole.clone();
+    damaged[second_end - 4..second_end + 2].iter_mut().for_each(|byte| *byte ^= 0x55);
+    fs::write(&segment, &damaged).unwrap();
+    let error = Wal::open(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("the bytes of a later append follow it"), "{error}");
+    assert_eq!(fs::read(&segment).unwrap(), damaged, "nothing cut");
+}
+
+/// Found by fuzzing too: the same, with the first append's marker magic overwritten, so
+/// that its length is unknown; the next append's marker still says where that began.
+#[test]
+fn damage_over_a_marker_magic_and_the_next_append_is_no_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path()).unwrap();
+    wal.append(&records(1..2)).unwrap();
+    wal.append(&records(2..3)).unwrap();
+    let (_, append_ends) = layout(&wal);
+    drop(wal);
+    let segment = segment_files(dir.path()).remove(0);
+    let mut damaged = fs::read(&segment).unwrap();
+    let first_end = append_ends[0] as usize;
+    damaged[first_end - MARKER_LEN + 7..first_end + 9].iter_mut().for_each(|byte| *byte ^= 0x55);
+    fs::write(&segment, &damaged).unwrap();
+    let error = Wal::open(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("the bytes of a later append follow it"), "{error}");
+}

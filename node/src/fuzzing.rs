@@ -1,0 +1,56 @@
+//! Entry points for the fuzz targets (`fuzz/`) and their regression tests: each takes
+//! the fuzzer's bytes and panics when a property fails.
+
+use shoal_raft::auth::ReplayGuard;
+use shoal_raft::ClusterSecret;
+
+use crate::gossip::transport::Sealer;
+
+/// Offers `data` to the streaming path's head parser, as the first bytes of a
+/// connection. A head it takes is a whole `GET` of an events path in HTTP/1.1 with no
+/// body and nothing that changes protocols, ends where it says with an empty line, and
+/// reaches the router with the path it checked; the bytes after it are left for hyper
+/// as the next request.
+pub fn stream_head(data: &[u8]) {
+    let Some((request, head_len)) = crate::http::parse_stream_head(data) else { return };
+    assert!(head_len <= data.len());
+    let head = &data[..head_len];
+    // httparse, like hyper (which parses with it), ends a line at `\n` or `\r\n`.
+    assert!(head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"), "the head ends early");
+    assert!(head.starts_with(b"GET "), "not a GET");
+    assert_eq!(request.method(), http::Method::GET);
+    assert_eq!(request.version(), http::Version::HTTP_11);
+    let path = request.uri().path();
+    let request_line = head.split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let request_line = std::str::from_utf8(request_line).expect("a target the router took is text");
+    let raw_target = request_line.split(' ').nth(1).unwrap_or("");
+    assert_eq!(path, raw_target.split('?').next().unwrap_or(""), "the router sees another path");
+    assert!(path.ends_with("/events") && path.starts_with("/api/"), "{path}");
+    let headers = request.headers();
+    for name in [http::header::TRANSFER_ENCODING, http::header::UPGRADE, http::header::EXPECT] {
+        assert!(!headers.contains_key(&name), "took a request with {name}");
+    }
+    let lengths: Vec<_> = headers.get_all(http::header::CONTENT_LENGTH).iter().collect();
+    assert!(lengths.is_empty() || lengths == ["0"], "took a request with a body: {lengths:?}");
+}
+
+/// Offers `data` to the gossip transport as a datagram from a stranger (never opened),
+/// then seals a payload from it and checks that it opens once and never again.
+pub fn gossip_datagram(data: &[u8]) {
+    let now = 5_000_000;
+    let replays = ReplayGuard::new(now - 60_000);
+    let mut ours = Sealer::new(ClusterSecret::new(b"the cluster's secret".to_vec()));
+    assert!(ours.open(data, &replays, now).is_err(), "a stranger's datagram opened");
+    let mut theirs = Sealer::new(ClusterSecret::new(b"another secret".to_vec()));
+    let foreign = theirs.seal(data, now);
+    assert!(ours.open(&foreign, &replays, now).is_err(), "another secret's datagram opened");
+    // Within the 30 s of skew a datagram may carry.
+    let skew = i64::from(data.first().copied().unwrap_or(0) as i8 % 100) * 250;
+    let sealed = ours.seal(data, now.saturating_add_signed(skew));
+    assert_eq!(ours.open(&sealed, &replays, now).expect("a fresh sealed datagram opens"), data);
+    assert!(ours.open(&sealed, &replays, now + 1).is_err(), "a replayed datagram opened");
+    let mut tampered = sealed.clone();
+    let at = usize::from(data.get(1).copied().unwrap_or(0)) % tampered.len();
+    tampered[at] ^= 0x20;
+    assert!(ours.open(&tampered, &replays, now).is_err(), "a tampered datagram opened");
+}
