@@ -14,7 +14,9 @@ use crate::gossip::transport::Sealer;
 pub fn stream_head(data: &[u8]) {
     let Some((request, head_len)) = crate::http::parse_stream_head(data) else { return };
     assert!(head_len <= data.len());
-    let head = &data[..head_len];
+    // Empty lines before the request line are skipped (RFC 9112, 2.2), by hyper too.
+    let skipped = data.iter().take_while(|byte| matches!(byte, b'\r' | b'\n')).count();
+    let head = &data[skipped.min(head_len)..head_len];
     // httparse, like hyper (which parses with it), ends a line at `\n` or `\r\n`.
     assert!(head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"), "the head ends early");
     assert!(head.starts_with(b"GET "), "not a GET");
