@@ -238,17 +238,19 @@ pub(super) fn parse_marker(segment: &[u8], at: usize) -> Option<Marker> {
 /// ends an append starting at or after `trusted_end` (the end of the last append known
 /// whole), looking at every offset: evidence that an append completed after `from`.
 pub(super) fn find_marker(segment: &[u8], from: usize, trusted_end: usize) -> Option<usize> {
-    let mut at = from;
-    while let Some(found) =
-        segment.get(at..)?.windows(MARKER_MAGIC.len()).position(|window| window == MARKER_MAGIC)
-    {
-        let candidate = at + found;
-        if parse_marker(segment, candidate).is_some_and(|marker| marker.start >= trusted_end) {
-            return Some(candidate);
-        }
-        at = candidate + 1;
-    }
-    None
+    marker_magics(segment, from).find(|candidate| {
+        parse_marker(segment, *candidate).is_some_and(|marker| marker.start >= trusted_end)
+    })
+}
+
+/// Returns the offsets at or after `from` where `segment` holds a marker magic, whether or
+/// not a marker that checks out follows it.
+pub(super) fn marker_magics(segment: &[u8], from: usize) -> impl Iterator<Item = usize> + '_ {
+    let tail = segment.get(from..).unwrap_or_default();
+    tail.windows(MARKER_MAGIC.len())
+        .enumerate()
+        .filter(|(_, window)| *window == MARKER_MAGIC)
+        .map(move |(offset, _)| from + offset)
 }
 
 /// Returns the manifest's bytes: the newest segment's first index, or none.
@@ -294,6 +296,6 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
+pub(super) fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }

@@ -72,9 +72,10 @@
 //!   out, for an append starting at or after that last good marker, can be found at any
 //!   offset after the first bad byte; then, and only in the newest segment, they are cut.
 //!   A marker found there means a later append completed, so this one had been
-//!   acknowledged: damage. So do bytes after the failing append's marker (its frames
-//!   walked by their length fields up to a marker's magic): a torn append is the last
-//!   thing in its file, since the next append starts only once it is acknowledged. A torn write can land some pages of an append and not others
+//!   acknowledged: damage. So does a marker magic after the first bad byte that is not
+//!   the file's last bytes, or whose start says its append began after another ended: a
+//!   torn append is the last thing in its file, since the next append starts only once
+//!   it is acknowledged. A torn write can land some pages of an append and not others
 //!   (a later page durable, an earlier one not): its marker then fails its CRC, which
 //!   covers the whole append, so the append is still seen as torn, and cut.
 //! - Each format 2 segment's previous end must be one past the last index of the

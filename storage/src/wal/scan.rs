@@ -3,8 +3,8 @@
 //! module docs).
 
 use super::format::{
-    find_marker, is_marker_at, parse_frame, parse_marker, Version, FRAME_HEADER, MARKER_LEN,
-    MARKER_MAGIC, MAX_RECORD_BYTES,
+    find_marker, is_marker_at, marker_magics, parse_frame, parse_marker, read_u64, Version,
+    FRAME_HEADER, MARKER_LEN, MAX_RECORD_BYTES,
 };
 
 /// What one segment file holds, as read at open.
@@ -116,43 +116,20 @@ pub(super) fn scan_v2(bytes: &[u8], first_index: u64) -> Scanned {
 /// any. A torn append is the last thing in its file, since the next append starts only
 /// once it has been acknowledged; a later append means this one completed, and damage
 /// that also reached the next append must not pass for a torn write (found by fuzzing,
-/// fuzz/regressions/wal_recovery/). The evidence, CRCs aside (they are what failed):
-/// bytes after the failing append's marker, its frames walked by their length fields;
-/// or a marker magic after `at` that is not the file's last bytes, or whose start field
-/// says its append began after another that began at or after `trusted_end` ended.
+/// fuzz/regressions/wal_recovery/). The evidence, CRCs aside (they are what failed): a
+/// marker magic after `at` that is not the file's last bytes (the failing append's own
+/// marker, if intact, ends the file), or whose start field says its append began after
+/// another that began at or after `trusted_end` ended.
 fn later_append(bytes: &[u8], at: usize, trusted_end: usize) -> Option<usize> {
-    let mut walked = at;
-    while let Some(header) = bytes.get(walked..walked + FRAME_HEADER) {
-        if is_marker_at(bytes, walked) {
-            let end = walked + MARKER_LEN;
-            if end < bytes.len() {
-                return Some(end);
-            }
-            break;
-        }
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_RECORD_BYTES {
-            break;
-        }
-        walked += FRAME_HEADER + len;
-    }
-    let mut from = at;
-    while let Some(found) =
-        bytes.get(from..)?.windows(MARKER_MAGIC.len()).position(|window| window == MARKER_MAGIC)
-    {
-        let magic_at = from + found;
+    marker_magics(bytes, at).find_map(|magic_at| {
         if magic_at + MARKER_LEN < bytes.len() {
             return Some(magic_at);
         }
-        let start = bytes
-            .get(magic_at + 16..magic_at + 24)
-            .map(|field| u64::from_le_bytes(field.try_into().expect("8 bytes")) as usize);
-        if start.is_some_and(|start| start > trusted_end && start <= magic_at) {
-            return start;
-        }
-        from = magic_at + 1;
-    }
-    None
+        // A magic near the end may be cut short before its start field.
+        let field = bytes.get(magic_at + 16..magic_at + 24)?;
+        let start = usize::try_from(read_u64(field, 0)).ok()?;
+        (start > trusted_end && start <= magic_at).then_some(start)
+    })
 }
 
 /// Reads a format 1 segment (no markers): every intact record counts; a bad one is a
