@@ -65,6 +65,33 @@ pub async fn status(node: &str) -> anyhow::Result<String> {
     Ok(render_status(&response.json().await?))
 }
 
+/// `shoal health`: succeeds when `node` can serve reads and writes.
+pub async fn health(node: &str, timeout: Duration) -> anyhow::Result<String> {
+    let url = format!("{}/api/health/ready", node.trim_end_matches('/'));
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let response = client.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("not ready: {url} answered {status}: {}", cell(&body["message"]));
+    }
+    Ok(format!("ready: node {}", cell(&body["node_id"])))
+}
+
+/// The URL of the node of this machine or container, from the node's own settings
+/// (SHOAL_LISTEN, else PORT, else port 8000; 127.0.0.1 for an unspecified IP).
+pub fn local_node_url() -> String {
+    let listen = std::env::var("SHOAL_LISTEN")
+        .ok()
+        .and_then(|listen| listen.parse::<std::net::SocketAddr>().ok());
+    let port = std::env::var("PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(8000);
+    match listen {
+        Some(addr) if !addr.ip().is_unspecified() => format!("http://{addr}"),
+        Some(addr) => format!("http://127.0.0.1:{}", addr.port()),
+        None => format!("http://127.0.0.1:{port}"),
+    }
+}
+
 /// `shoal remove-node`: removes member `node_id` through `node`.
 pub async fn remove_node(
     node: &str,

@@ -40,6 +40,17 @@ pub enum CliCommand {
         #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
         data_dir: PathBuf,
     },
+    /// Exit 0 if the node can serve reads and writes (`/api/health/ready` answers 200),
+    /// else 1: a container health check for images without curl.
+    Health {
+        /// Base URL of the node [default: 127.0.0.1 at the port of SHOAL_LISTEN or PORT,
+        /// else 8000]
+        #[arg(long, env = "SHOAL_NODE")]
+        node: Option<String>,
+        /// How long to wait for the answer
+        #[arg(long, default_value_t = 3_000, value_name = "MS")]
+        timeout_ms: u64,
+    },
     /// Remove a member from the cluster (needs the admin token).
     RemoveNode {
         /// The node id to remove (see `shoal status`)
@@ -100,7 +111,9 @@ pub struct ServeArgs {
     pub instance_id: Option<String>,
 
     /// HTTP addresses (host:port) of other nodes to form or join a cluster with,
-    /// comma-separated; the same list on every node is fine (self is skipped)
+    /// comma-separated; the same list on every node is fine (self is skipped). A host name
+    /// may resolve to many nodes (a compose service, a Kubernetes headless Service): every
+    /// address is a peer, and names are resolved again while the node runs
     #[arg(long, env = "SHOAL_PEERS", value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub peers: Vec<String>,
 
@@ -113,9 +126,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_GOSSIP_INTERVAL_MS", default_value_t = 500, value_name = "MS")]
     pub gossip_interval_ms: u64,
 
-    /// Nodes that form a new cluster together [default: distinct --peers plus self, or 1]
+    /// Nodes that form a new cluster together, and the fewest voters --leave-on-shutdown
+    /// leaves behind [default: distinct --peers plus self, or 1; set it when a peer name
+    /// resolves to several nodes]
     #[arg(long, env = "SHOAL_BOOTSTRAP_EXPECT")]
     pub bootstrap_expect: Option<usize>,
+
+    /// On SIGTERM, leave the cluster for good (scale-in): hand leadership over, commit
+    /// this node's removal, then forget the replica so that a later start joins as a new
+    /// member. A voter stays a member when fewer than --bootstrap-expect voters would
+    /// remain, so stopping a whole cluster (or restarting it) keeps it whole
+    #[arg(long, env = "SHOAL_LEAVE_ON_SHUTDOWN")]
+    pub leave_on_shutdown: bool,
+
+    /// The data dir is shared by the replicas of one service (a compose volume): each node
+    /// takes a `node-<n>` subdirectory under a lock, one that holds a member's data first,
+    /// so that `docker compose down` then `up` gives every node its data back
+    #[arg(long, env = "SHOAL_SHARED_DATA_DIR")]
+    pub shared_data_dir: bool,
 
     /// Voters the autopilot keeps at most (kept odd)
     #[arg(long, env = "SHOAL_MAX_VOTERS", default_value_t = 5)]
@@ -307,6 +335,8 @@ pub struct Config {
     pub gossip_port: Option<u16>,
     pub gossip_interval: Duration,
     pub bootstrap_expect: Option<usize>,
+    pub leave_on_shutdown: bool,
+    pub shared_data_dir: bool,
     pub max_voters: usize,
     pub dead_node_timeout: Duration,
     pub admin_token: Option<String>,
@@ -478,7 +508,7 @@ impl ServeArgs {
                  SHOAL_CLUSTER_SECRET_FILE to the same value on every node (e.g. `openssl rand -hex 32`)",
             ));
         }
-        if self.max_voters == 0 || self.max_voters % 2 == 0 {
+        if self.max_voters == 0 || self.max_voters.is_multiple_of(2) {
             return Err(invalid(
                 "max-voters",
                 format!("{} must be odd and positive (e.g. 3 or 5)", self.max_voters),
@@ -554,6 +584,8 @@ impl ServeArgs {
             gossip_port: self.gossip_port,
             gossip_interval: Duration::from_millis(self.gossip_interval_ms),
             bootstrap_expect: self.bootstrap_expect,
+            leave_on_shutdown: self.leave_on_shutdown,
+            shared_data_dir: self.shared_data_dir,
             max_voters: self.max_voters,
             dead_node_timeout: Duration::from_secs(self.dead_node_timeout),
             admin_token: admin_token.filter(|token| !token.is_empty()),

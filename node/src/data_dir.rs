@@ -120,6 +120,123 @@ pub fn reset_replica(data_dir: &Path) -> anyhow::Result<Reset> {
     Ok(Reset { old_node_id, moved_to, moved })
 }
 
+/// A slot of a shared data dir (`--shared-data-dir`), held by this process until it exits.
+#[derive(Debug)]
+pub struct Slot {
+    pub path: std::path::PathBuf,
+    /// The locked `lock` file: the slot stays this node's while the file is open.
+    _lock: fs::File,
+}
+
+/// The prefix of the slots of a shared data dir: `node-0`, `node-1`, ...
+const SLOT_PREFIX: &str = "node-";
+const SLOT_LOCK_FILE: &str = "lock";
+
+/// Takes a slot of the data dir `shared` that several nodes share (the replicas of a
+/// compose service on one volume): the first free slot that holds a node's data, else
+/// the first free empty one, else a new one. A slot is free when no process holds the
+/// lock on its `lock` file; the kernel drops the lock when its holder exits, however it
+/// exits.
+///
+/// Slots with data come first, so that after `docker compose down` and `up` the new
+/// containers take the members' replicas back before any empty slot (that of a node
+/// that left the cluster).
+pub fn claim_slot(shared: &Path) -> anyhow::Result<Slot> {
+    fs::create_dir_all(shared)
+        .with_context(|| format!("cannot create the data dir {}", shared.display()))?;
+    loop {
+        let mut slots: Vec<(bool, u32, std::path::PathBuf)> = Vec::new();
+        for entry in fs::read_dir(shared)
+            .with_context(|| format!("cannot list the data dir {}", shared.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(number) = name
+                .to_str()
+                .and_then(|name| name.strip_prefix(SLOT_PREFIX))
+                .and_then(|number| number.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let empty = !path.join(NODE_ID_FILE).exists();
+            slots.push((empty, number, path));
+        }
+        slots.sort();
+        for (_, _, path) in &slots {
+            if let Some(slot) = try_slot(path)? {
+                return Ok(slot);
+            }
+        }
+        let next = slots.iter().map(|(_, number, _)| number + 1).max().unwrap_or(0);
+        let path = shared.join(format!("{SLOT_PREFIX}{next}"));
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            // Another node made it just now: look again.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot create {}", path.display()))
+            }
+        }
+        if let Some(slot) = try_slot(&path)? {
+            return Ok(slot);
+        }
+    }
+}
+
+/// Locks the slot at `path`, or returns `None` when another process holds it.
+fn try_slot(path: &Path) -> anyhow::Result<Option<Slot>> {
+    let lock_path = path.join(SLOT_LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Slot { path: path.to_path_buf(), _lock: file })),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
+}
+
+/// Present once a node has left its cluster for good and until its replica is deleted:
+/// a node killed in between deletes it when it starts again.
+const LEFT_FILE: &str = "left_cluster";
+
+/// Records that this node has left its cluster (see [`forget_replica`]).
+pub fn mark_left(data_dir: &Path) -> anyhow::Result<()> {
+    write_durably(&data_dir.join(LEFT_FILE), b"this node left its cluster; its replica goes\n")
+}
+
+/// Returns whether the node of `data_dir` left its cluster and its replica remains.
+pub fn left(data_dir: &Path) -> bool {
+    data_dir.join(LEFT_FILE).exists()
+}
+
+/// Deletes the replica of a node that left its cluster for good (`--leave-on-shutdown`):
+/// its log, its database and its id, so that a node started on this data dir later joins
+/// as a new member. The cluster holds every acknowledged write without it.
+pub fn forget_replica(data_dir: &Path) -> anyhow::Result<()> {
+    for name in [NODE_ID_FILE, REPLACES_FILE, RAFT_LOG_DIR, "db", "redb", LEFT_FILE] {
+        let path = data_dir.join(name);
+        let removed =
+            if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        match removed {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("cannot delete {}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    if let Ok(dir) = fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
 /// Returns the member this node rejoins in place of, after `shoal reset-replica`.
 pub fn replaces(data_dir: &Path) -> anyhow::Result<Option<u64>> {
     let path = data_dir.join(REPLACES_FILE);
@@ -185,6 +302,36 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_sharing_a_data_dir_take_slots_with_data_first() {
+        let shared = tempfile::tempdir().unwrap();
+        let first = claim_slot(shared.path()).unwrap();
+        let second = claim_slot(shared.path()).unwrap();
+        assert_ne!(first.path, second.path, "a held slot is never given twice");
+        // The second node had data; the first node's slot is empty again (it left).
+        node_id(&second.path, None).unwrap();
+        let (first_path, second_path) = (first.path.clone(), second.path.clone());
+        drop((first, second));
+        let again = claim_slot(shared.path()).unwrap();
+        assert_eq!(again.path, second_path, "the slot holding a member's data comes first");
+        let next = claim_slot(shared.path()).unwrap();
+        assert_eq!(next.path, first_path);
+    }
+
+    #[test]
+    fn a_forgotten_replica_starts_over_with_a_new_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = node_id(dir.path(), None).unwrap();
+        fs::create_dir_all(raft_log(dir.path()).join("segments")).unwrap();
+        fs::create_dir_all(dir.path().join("redb")).unwrap();
+        mark_left(dir.path()).unwrap();
+        assert!(left(dir.path()));
+        forget_replica(dir.path()).unwrap();
+        assert!(!left(dir.path()), "the mark goes last, with the replica");
+        assert!(!raft_log(dir.path()).exists() && !dir.path().join("redb").exists());
+        assert_ne!(node_id(dir.path(), None).unwrap(), id);
+    }
 
     #[test]
     fn node_id_is_generated_once_and_kept() {

@@ -7,12 +7,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod data_dir;
+mod discovery;
 /// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gossip;
 mod http;
 pub mod jobs;
+mod leave;
 mod metrics;
 mod node;
 pub mod reports;

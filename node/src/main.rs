@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         Some(CliCommand::Serve(args)) => *args,
         None => cli.serve,
         Some(CliCommand::Status { node }) => return print(runtime.block_on(cli::status(&node))),
+        Some(CliCommand::Health { node, timeout_ms }) => {
+            let node = node.unwrap_or_else(cli::local_node_url);
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            return print(runtime.block_on(cli::health(&node, timeout)));
+        }
         Some(CliCommand::ResetReplica { data_dir }) => return print(cli::reset_replica(&data_dir)),
         Some(CliCommand::RemoveNode { node_id, node, admin_token }) => {
             return print(runtime.block_on(cli::remove_node(

@@ -23,11 +23,13 @@ use tracing_subscriber::EnvFilter;
 use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat, StorageEngine};
 use crate::data_dir;
+use crate::discovery;
 use crate::gossip::membership::{raft_state, MembershipSettings};
 use crate::gossip::{
     self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT, KEY_REPLACES,
 };
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
+use crate::leave::Leave;
 use crate::reports::{DownloadSigner, Reports, S3Reports};
 use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
@@ -42,6 +44,8 @@ pub struct Node {
     listener: TcpListener,
     http: crate::http::Settings,
     services: Services,
+    /// Set with `--leave-on-shutdown`: how this node leaves its cluster when it stops.
+    leave: Option<Leave>,
 }
 
 /// Everything of a node but its listener.
@@ -53,12 +57,22 @@ struct Services {
     background: Vec<JoinHandle<()>>,
     gossip: Arc<Gossip>,
     stop_maintenance: watch::Sender<bool>,
+    /// The slot of a shared data dir this node holds until it exits.
+    _slot: Option<data_dir::Slot>,
 }
 
 impl Node {
     /// Binds the listener, opens the data dir and starts Raft. A new data dir starts a
     /// one-member cluster; an existing one recovers its cluster without re-initializing.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Self> {
+        let slot = if config.shared_data_dir {
+            let slot = data_dir::claim_slot(&config.data_dir)?;
+            tracing::info!(slot = %slot.path.display(), "took a slot of the shared data dir");
+            config.data_dir = slot.path.clone();
+            Some(slot)
+        } else {
+            None
+        };
         let started_ms = shoal_raft::unix_millis();
         let open_files = crate::http::raise_open_file_limit();
         let max_connections = config.edge.max_connections.or_else(|| {
@@ -83,6 +97,10 @@ impl Node {
             format!("cannot listen on {} (is another node running there?)", config.listen)
         })?;
         let local_addr = listener.local_addr()?;
+        if data_dir::left(&config.data_dir) {
+            tracing::info!("this node left its cluster before it stopped: forgetting its replica");
+            data_dir::forget_replica(&config.data_dir)?;
+        }
         let engine_path = data_dir::prepare(&config.data_dir, config.storage_engine)?;
         let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
         let replaces = data_dir::replaces(&config.data_dir)?;
@@ -93,8 +111,11 @@ impl Node {
             );
         }
         let instance_id = config.instance_id.clone().unwrap_or_else(|| format!("shoal-{node_id}"));
-        let advertise_addr =
-            config.advertise_addr.clone().unwrap_or_else(|| advertised(local_addr));
+        let peer_addrs = discovery::resolve_peers(&config.peers, discovery::NAMES_WAIT).await;
+        let advertise_addr = match &config.advertise_addr {
+            Some(addr) => addr.clone(),
+            None => discovery::advertised_addr(local_addr, &peer_addrs).await,
+        };
 
         let engine: Arc<dyn Engine> = {
             let path = engine_path.clone();
@@ -153,6 +174,14 @@ impl Node {
         let bootstrap_expect = config
             .bootstrap_expect
             .unwrap_or_else(|| peers.iter().collect::<std::collections::BTreeSet<_>>().len() + 1);
+        if config.bootstrap_expect.is_none() && peer_addrs.len() > peers.len() + 1 {
+            tracing::warn!(
+                bootstrap_expect,
+                addresses = peer_addrs.len(),
+                "--peers names resolve to more nodes than they are names: set \
+                 --bootstrap-expect to the number of nodes that form the cluster"
+            );
+        }
         let initialized = cluster.is_initialized().await?;
         if let (Some(old), false, true) = (replaces, initialized, peers.is_empty()) {
             anyhow::bail!(
@@ -341,6 +370,7 @@ impl Node {
             sweep_interval,
             stop_maintenance.subscribe(),
         )));
+        let config_leave = config.leave_on_shutdown;
         let state = AppState(Arc::new(NodeContext {
             cluster,
             store,
@@ -356,8 +386,14 @@ impl Node {
             gossip: gossip.clone(),
         }));
         background.extend([maintenance, membership, takeover]);
-        let services = Services { state, engine, background, gossip, stop_maintenance };
-        Ok(Self { listener, http, services })
+        let leave = config_leave.then(|| Leave {
+            cluster: state.cluster.clone(),
+            gossip: gossip.clone(),
+            keep_voters: bootstrap_expect,
+        });
+        let services =
+            Services { state, engine, background, gossip, stop_maintenance, _slot: slot };
+        Ok(Self { listener, http, services, leave })
     }
 
     /// Returns the address the listener is bound to.
@@ -371,13 +407,40 @@ impl Node {
     }
 
     /// Serves until `shutdown` completes, then stops Raft and flushes storage.
+    ///
+    /// Tells systemd (`Type=notify`, over `$NOTIFY_SOCKET`) when the node can serve and
+    /// when it stops. With `--leave-on-shutdown` it leaves its cluster before it stops
+    /// serving, and forgets its replica once stopped if it left.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        crate::http::serve(self.listener, router, shutdown, self.http).await;
-        self.services.shutdown().await
+        let notifier = tokio::spawn(notify_when_ready(self.services.state.clone()));
+        let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let data_dir = self.services.state.config.data_dir.clone();
+        let leaving = {
+            let (leave, left, data_dir) = (self.leave.clone(), left.clone(), data_dir.clone());
+            async move {
+                shutdown.await;
+                notify(&[sd_notify::NotifyState::Stopping]);
+                let Some(leave) = leave else { return };
+                if leave.run().await {
+                    if let Err(error) = data_dir::mark_left(&data_dir) {
+                        tracing::warn!(%error, "cannot record that this node left");
+                    }
+                    left.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        };
+        crate::http::serve(self.listener, router, leaving, self.http).await;
+        notifier.abort();
+        self.services.shutdown().await?;
+        if left.load(std::sync::atomic::Ordering::SeqCst) {
+            data_dir::forget_replica(&data_dir)?;
+            tracing::info!(data_dir = %data_dir.display(), "forgot the replica of a node that left");
+        }
+        Ok(())
     }
 
     /// Stops the node without serving (for tests that drive [`Node::router`] directly).
@@ -442,6 +505,32 @@ async fn sweep_s3(
     }
 }
 
+/// Sends `state` to systemd when it started this node with `Type=notify` (nothing
+/// otherwise).
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
+/// Tells systemd the node is ready once it can serve reads and writes (what
+/// `/api/health/ready` answers 200 to).
+async fn notify_when_ready(state: AppState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut waited = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        waited.tick().await;
+        if state.store.ready().await.is_ok() {
+            let status = format!("serving as node {}", state.cluster.node_id());
+            notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+            tracing::info!("told systemd the node is ready");
+            return;
+        }
+    }
+}
+
 /// Resolves `host:port`'s host, with `port` instead.
 async fn resolve(host_port: &str, port: u16) -> anyhow::Result<SocketAddr> {
     let (host, _) = host_port.rsplit_once(':').context("an address is host:port")?;
@@ -451,16 +540,6 @@ async fn resolve(host_port: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .with_context(|| format!("{host} resolves to no address"))
-}
-
-/// The address to record for this node when none is configured: the bound address,
-/// with loopback standing in for an unspecified IP.
-fn advertised(local_addr: SocketAddr) -> String {
-    if local_addr.ip().is_unspecified() {
-        format!("127.0.0.1:{}", local_addr.port())
-    } else {
-        local_addr.to_string()
-    }
 }
 
 /// Runs a node with `config` until `shutdown` completes: what the `shoal` binary does.

@@ -26,7 +26,7 @@ struct FakePncp {
 fn contratacao(uf: &str, n: usize) -> Value {
     json!({
         "numeroControlePNCP": format!("00000000000191-1-{n:06}/2025"),
-        "objetoCompra": if n % 2 == 0 { "Aquisição de UNIFORMES" } else { "Serviços de limpeza" },
+        "objetoCompra": if n.is_multiple_of(2) { "Aquisição de UNIFORMES" } else { "Serviços de limpeza" },
         "orgaoEntidade": {"razaoSocial": "Prefeitura"},
         "unidadeOrgao": {"municipioNome": "Capital", "ufSigla": uf},
         "modalidadeNome": "Pregão - Eletrônico",

@@ -63,6 +63,14 @@ pub enum MembershipChange {
     /// Makes learner `new` a voter in place of voter `old`, in one change (a member
     /// whose replica was dropped and rebuilt rejoins under a new id).
     Replace { old: NodeId, new: NodeId },
+    /// Removes a member that is stopping for good, unless it is a voter and fewer than
+    /// `keep_voters` voters would remain: the leader decides, one leave at a time, so
+    /// that members stopping together never shrink the cluster below its floor.
+    Leave { node_id: NodeId, keep_voters: usize },
+    /// Records the address a member is reached at now (it came back elsewhere: a new
+    /// container or pod IP). Requests are bound to the node id they are for, so a wrong
+    /// address reaches no other member.
+    SetAddress { node_id: NodeId, addr: String },
 }
 
 /// A node's view of the cluster, for health, metrics and `shoal status`.
@@ -127,6 +135,8 @@ struct Inner {
     contact: Arc<contact::Contact>,
     /// Whether this node is in contact with the cluster (`contact.rs`).
     in_contact: watch::Receiver<bool>,
+    /// Held while a leave is checked against its floor and committed.
+    leaving: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -203,6 +213,7 @@ impl Cluster {
             forwards,
             snapshot_mark: std::sync::Mutex::new((0, None)),
             once_window,
+            leaving: tokio::sync::Mutex::new(()),
             contact,
             in_contact,
         };
@@ -411,7 +422,32 @@ impl Cluster {
         change: MembershipChange,
     ) -> std::result::Result<(), Option<ClusterError>> {
         let raft = &self.inner.raft;
+        // One leave at a time, checked and committed under the lock: each sees the
+        // voters the one before it left.
+        let _leaving = match &change {
+            MembershipChange::Leave { node_id, keep_voters } => {
+                let guard = self.inner.leaving.lock().await;
+                let status = self.status();
+                if !status.members.iter().any(|(member, _)| member == node_id) {
+                    return Ok(());
+                }
+                let remaining = status.voters.iter().filter(|voter| *voter != node_id).count();
+                if status.voters.contains(node_id) && remaining < *keep_voters {
+                    return Err(Some(ClusterError::Membership(format!(
+                        "node {node_id} stays a member: {remaining} voters would remain, fewer \
+                         than the {keep_voters} the cluster keeps (--bootstrap-expect)"
+                    ))));
+                }
+                Some(guard)
+            }
+            _ => None,
+        };
         let outcome = match change {
+            MembershipChange::SetAddress { node_id, addr } => {
+                let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+                nodes.insert(node_id, Node { addr });
+                raft.change_membership(ChangeMembers::SetNodes(nodes), true).await
+            }
             MembershipChange::AddLearner { node_id, addr } => {
                 raft.add_learner(node_id, Node { addr }, false).await
             }
@@ -428,7 +464,7 @@ impl Cluster {
                 // `retain = false`: the replaced member leaves the node list too.
                 raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false).await
             }
-            MembershipChange::Remove { node_id } => {
+            MembershipChange::Remove { node_id } | MembershipChange::Leave { node_id, .. } => {
                 let ids = BTreeSet::from([node_id]);
                 // One change either way: `retain = false` drops a removed voter from the
                 // node list too. A second change right after the leader removed itself

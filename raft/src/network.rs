@@ -1,6 +1,7 @@
 //! Node-to-node calls over HTTP: postcard bodies POSTed to `/internal/*` of the target
 //! node, signed with the cluster secret; openraft's network on top of them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ pub enum CallError {
 pub struct InternalClient {
     http: reqwest::Client,
     secret: ClusterSecret,
+    /// Where each node is now, as gossip says: it outranks the address a caller holds
+    /// (the one in the Raft membership may be an earlier container's or pod's).
+    addresses: Arc<std::sync::RwLock<HashMap<NodeId, String>>>,
 }
 
 impl InternalClient {
@@ -73,7 +77,24 @@ impl InternalClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .expect("the HTTP client builds");
-        Self { http, secret }
+        Self { http, secret, addresses: Arc::default() }
+    }
+
+    /// Records where nodes are reached now (from gossip); calls to them go there.
+    pub fn learn_addresses(&self, found: impl IntoIterator<Item = (NodeId, String)>) {
+        let mut addresses = self.addresses.write().expect("the address book is never poisoned");
+        for (node_id, addr) in found {
+            if addresses.get(&node_id) != Some(&addr) {
+                tracing::debug!(node_id, %addr, "node address learned");
+                addresses.insert(node_id, addr);
+            }
+        }
+    }
+
+    /// Returns where to reach `target`: the address learned last, else `given`.
+    fn route(&self, target: NodeId, given: &str) -> String {
+        let addresses = self.addresses.read().expect("the address book is never poisoned");
+        addresses.get(&target).cloned().unwrap_or_else(|| given.to_string())
     }
 
     /// Returns the secret requests are signed with.
@@ -109,6 +130,7 @@ impl InternalClient {
         path_and_query: &str,
         connect_timeout: Duration,
     ) -> Result<SignedLines, CallError> {
+        let addr = &self.route(target, addr);
         let head = RequestHead::new("GET", path_and_query, target, &[]);
         let mut request = self.http.get(format!("http://{addr}{path_and_query}"));
         for (name, value) in head.headers(&self.secret) {
@@ -164,6 +186,7 @@ impl InternalClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), CallError> {
+        let addr = &self.route(target, addr);
         let call_error = |error: reqwest::Error| {
             // reqwest says "error sending request" for a refused connection and a timeout
             // alike: the causes tell them apart.

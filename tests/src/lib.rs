@@ -9,7 +9,7 @@ use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -283,6 +283,25 @@ impl TestNode {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM, as an orchestrator does, and waits up to
+    /// `deadline` for it to exit (then SIGKILLs it and fails).
+    pub async fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM")?;
+        let started = std::time::Instant::now();
+        let mut child = self.child.take().context("the node is not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("shoal did not exit within {deadline:?} of SIGTERM; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -87,6 +87,13 @@ pub async fn run(
         }
 
         let members = gossip.members().await;
+        // Calls go where each node is now, even before the membership records it.
+        cluster.client().learn_addresses(
+            members
+                .iter()
+                .filter(|member| member.alive)
+                .filter_map(|member| Some((member.node_id, member.api_addr.clone()?))),
+        );
         if status.members.is_empty() {
             bootstrap.run(&cluster, &members, settings.bootstrap_expect).await;
         } else if cluster.is_leader() && status.voters.contains(&status.node_id) {
@@ -107,10 +114,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the autopilot repeats its warning about the same unproven newcomer.
 const UNPROVEN_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Decides, on a node without a cluster, when to initialize one (DESIGN §8): exactly
+/// Decides, on a node without a cluster, when to initialize one (DESIGN §8): at least
 /// `expect` uninitialized live nodes, none initialized or undecided, the same set for
-/// several ticks; then the lowest id initializes Raft with exactly those, the others
-/// wait for it. A node that sees an initialized cluster waits for its leader to add it.
+/// several ticks; then the lowest id initializes Raft with the `expect` lowest ids, the
+/// others wait for it (and are added by its autopilot). A node that sees an initialized
+/// cluster waits for its leader to add it.
 #[derive(Debug, Default)]
 struct Bootstrap {
     last_view: Vec<NodeId>,
@@ -136,27 +144,20 @@ impl Bootstrap {
             return;
         }
         self.stable_ticks += 1;
-        // More nodes than expected means the peer lists disagree: wait for an operator
-        // (or for one of them to form a cluster the others then join) rather than guess.
-        if self.stable_ticks < STABLE_TICKS {
+        if self.stable_ticks < STABLE_TICKS || view.len() < expect {
             return;
         }
-        if view.len() != expect {
-            if self.stable_ticks == STABLE_TICKS && view.len() > expect {
-                tracing::warn!(
-                    seen = view.len(),
-                    expect,
-                    "more uninitialized nodes are up than --bootstrap-expect; not forming a \
-                     cluster: give every node the same --peers, or set --bootstrap-expect"
-                );
-            }
-            return;
-        }
+        // More nodes than expected is what a peer name resolving to every replica gives
+        // (`docker compose up --scale shoal=5` on a new cluster): the `expect` lowest ids
+        // form it, and the autopilot adds the others. Every node sees the same view, so
+        // only the lowest id acts.
         if view[0] != cluster.node_id() {
             return;
         }
+        let founders: BTreeSet<NodeId> = view.iter().copied().take(expect).collect();
         let voters: BTreeMap<NodeId, RaftNode> = alive
             .iter()
+            .filter(|member| founders.contains(&member.node_id))
             .map(|member| {
                 (member.node_id, RaftNode { addr: member.api_addr.clone().expect("waiting") })
             })
@@ -172,7 +173,9 @@ impl Bootstrap {
             }
         }
         match cluster.initialize(voters).await {
-            Ok(()) => tracing::info!(ids = ?view, "bootstrapped a new cluster from the peer list"),
+            Ok(()) => {
+                tracing::info!(ids = ?founders, "bootstrapped a new cluster from the peer list")
+            }
             Err(error) => tracing::warn!(%error, "bootstrapping the cluster failed; retrying"),
         }
     }
@@ -224,6 +227,32 @@ impl Autopilot {
                 }
                 return;
             }
+        }
+
+        // A member that came back at another address (a new container or pod IP) is
+        // recorded there, once it proves who it is at it.
+        for member in members.iter().filter(|member| member.alive) {
+            let recorded = status.members.iter().find(|(node_id, _)| *node_id == member.node_id);
+            let (Some((_, recorded)), Some(addr)) = (recorded, &member.api_addr) else {
+                continue;
+            };
+            if recorded == addr
+                || cluster.client().identify(addr, member.node_id, PROBE_TIMEOUT).await.is_err()
+            {
+                continue;
+            }
+            let change =
+                MembershipChange::SetAddress { node_id: member.node_id, addr: addr.clone() };
+            match cluster.change_membership_local(change).await {
+                Ok(()) => tracing::info!(
+                    node_id = member.node_id,
+                    from = %recorded,
+                    to = %addr,
+                    "autopilot recorded a member's new address"
+                ),
+                Err(error) => tracing::debug!(%error, "recording an address failed; retrying"),
+            }
+            return;
         }
 
         let last_index = status.last_log_index.unwrap_or(0);

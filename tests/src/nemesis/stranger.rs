@@ -200,7 +200,7 @@ async fn forge_and_replay(
                 }
             }
         }
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             let addr = addr.clone();
             let refused = tokio::task::spawn_blocking(move || oversized_refused(&addr)).await;
             if matches!(refused, Ok(Some(false))) {
