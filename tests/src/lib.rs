@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod balancer;
 pub mod history;
 pub mod linearizability;
 pub mod nemesis;
@@ -424,6 +425,23 @@ pub const CLUSTER_ARGS: &[&str] = &[
     "--cluster-secret",
     TEST_SECRET,
 ];
+
+/// Creates a session whose data is `{"n": n}` at `base` (`http://host:port`); returns its
+/// id when the creation was acknowledged (201), `None` on any other outcome: what the
+/// writers of the scaling and container tests count as written.
+pub async fn create_numbered_session(
+    client: &reqwest::Client,
+    base: &str,
+    n: u64,
+) -> Option<String> {
+    let body = serde_json::json!({ "data": { "n": n } });
+    let response = client.post(format!("{base}/api/sessions")).json(&body).send().await.ok()?;
+    if response.status() != reqwest::StatusCode::CREATED {
+        return None;
+    }
+    let created: serde_json::Value = response.json().await.ok()?;
+    created["id"].as_str().map(str::to_string)
+}
 
 /// Returns `GET url` as JSON.
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {

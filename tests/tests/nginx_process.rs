@@ -6,14 +6,14 @@
 //! Needs Debian's nginx: `scripts/test` installs it and runs this test; plain `cargo test`
 //! skips it as ignored.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use shoal_tests::{free_port, get_json, read_sse, wait_until, TestCluster};
+use serde_json::json;
+use shoal_tests::balancer::{self, cookie_session};
+use shoal_tests::{free_port, get_json, wait_until, TestCluster};
 
 const FORM: Duration = Duration::from_secs(40);
 
@@ -89,17 +89,6 @@ fn start_nginx(dir: &Path, node_ports: &[u16], listen: u16) -> anyhow::Result<Ng
     Ok(Nginx(child))
 }
 
-/// Returns the session of `cookie`, read through the load balancer.
-async fn cookie_session(client: &reqwest::Client, lb: &str, cookie: &str) -> anyhow::Result<Value> {
-    Ok(client
-        .get(format!("{lb}/api/session"))
-        .header("cookie", cookie)
-        .send()
-        .await?
-        .json()
-        .await?)
-}
-
 #[tokio::test]
 #[ignore = "needs nginx: scripts/test installs it and runs this test"]
 async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
@@ -119,45 +108,8 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
     })
     .await?;
 
-    tracing::info!("--- requests spread over every node");
+    let cookie = balancer::serves_like_one_node(&lb, 3, FORM).await?;
     let client = reqwest::Client::new();
-    let mut instances = BTreeSet::new();
-    for _ in 0..30 {
-        let health: Value = client.get(&health_url).send().await?.json().await?;
-        instances.insert(health["instance_id"].as_str().unwrap_or_default().to_string());
-    }
-    assert_eq!(instances.len(), 3, "nginx reached {instances:?}");
-
-    tracing::info!("--- a session created once reads back on every request");
-    let created = client
-        .post(format!("{lb}/api/sessions"))
-        .json(&json!({"data": {"user": "ana"}}))
-        .send()
-        .await?;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let cookie = created.headers()["set-cookie"].to_str()?.split(';').next().unwrap().to_string();
-    for _ in 0..12 {
-        assert_eq!(cookie_session(&client, &lb, &cookie).await?["data"]["user"], "ana");
-    }
-
-    tracing::info!("--- a search followed over SSE through nginx, then its report downloaded");
-    let started: Value = client
-        .post(format!("{lb}/api/searches"))
-        .json(&json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-03-31"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let events_url = format!("{lb}{}", started["events_url"].as_str().unwrap());
-    let (status, events) = read_sse(&events_url, None, usize::MAX, FORM).await?;
-    assert_eq!(status, 200);
-    assert_eq!(events.first().map(|e| e.event.as_str()), Some("snapshot"));
-    assert_eq!(events.last().map(|e| e.event.as_str()), Some("completed"), "{events:?}");
-    let done: Value = serde_json::from_str(&events.last().unwrap().data)?;
-    let download = format!("{lb}{}", done["result"]["download"]["url"].as_str().unwrap());
-    let response = client.get(&download).send().await?;
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.bytes().await?.starts_with(b"PK"), "an xlsx is a zip");
 
     tracing::info!("--- /internal/* stays off the public side");
     for path in ["/internal/raft/vote", "//internal/raft/vote", "/%69nternal/raft/vote"] {

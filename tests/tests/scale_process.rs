@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use shoal_tests::{get_json, wait_until, TestCluster};
+use serde_json::Value;
+use shoal_tests::{create_numbered_session, get_json, wait_until, TestCluster};
 
 const FORM: Duration = Duration::from_secs(60);
 const STOP: Duration = Duration::from_secs(30);
@@ -58,18 +58,8 @@ fn spawn_writer(
                 let urls = urls.lock().unwrap();
                 urls[(n as usize) % urls.len()].clone()
             };
-            let created = client
-                .post(format!("{url}/api/sessions"))
-                .json(&json!({ "data": { "n": n } }))
-                .send()
-                .await;
-            if let Ok(response) = created {
-                if response.status() == StatusCode::CREATED {
-                    let body: Value = response.json().await.unwrap_or_default();
-                    if let Some(id) = body["id"].as_str() {
-                        acknowledged.push((id.to_string(), n));
-                    }
-                }
+            if let Some(id) = create_numbered_session(&client, &url, n).await {
+                acknowledged.push((id, n));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
