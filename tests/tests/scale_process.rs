@@ -40,11 +40,12 @@ async fn wait_voters(url: &str, wanted: &[u64]) -> anyhow::Result<()> {
 }
 
 /// Creates sessions through whichever of `urls` answers, until `stop`; returns the ids
-/// of those whose creation was acknowledged (201).
+/// of those whose creation was acknowledged (201), with their values and when each was
+/// sent.
 fn spawn_writer(
     urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+) -> tokio::task::JoinHandle<Vec<(String, u64, Instant)>> {
     tokio::spawn(async move {
         let client = http();
         let mut acknowledged = Vec::new();
@@ -58,8 +59,9 @@ fn spawn_writer(
                 let urls = urls.lock().unwrap();
                 urls[(n as usize) % urls.len()].clone()
             };
+            let sent = Instant::now();
             if let Some(id) = create_numbered_session(&client, &url, n).await {
-                acknowledged.push((id, n));
+                acknowledged.push((id, n, sent));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -98,6 +100,7 @@ async fn nodes_stopped_for_good_leave_down_to_the_floor_and_a_restart_keeps_memb
     let leaving = [leader, other];
     let staying: Vec<usize> = all.iter().copied().filter(|i| !leaving.contains(i)).collect();
     *urls.lock().unwrap() = staying.iter().map(|index| cluster.nodes[*index].url("")).collect();
+    let leader_stopped = Instant::now();
     for index in leaving {
         let status = cluster.nodes[index].terminate(STOP).await?;
         assert!(status.success(), "node {index} exited with {status}");
@@ -142,10 +145,19 @@ async fn nodes_stopped_for_good_leave_down_to_the_floor_and_a_restart_keeps_memb
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = writer.await?;
     assert!(acknowledged.len() > 20, "the writer wrote too little: {}", acknowledged.len());
+    // The leader commits its own removal and steps down; the others elect one of them.
+    let mut around: Vec<Instant> = acknowledged
+        .iter()
+        .map(|(_, _, sent)| *sent)
+        .filter(|sent| *sent >= leader_stopped && *sent - leader_stopped < Duration::from_secs(5))
+        .collect();
+    around.insert(0, leader_stopped);
+    let pause = around.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
+    println!("longest pause in acknowledged writes while the leader left: {pause:?}");
     println!("--- every acknowledged session reads back from every remaining voter");
     for index in &staying {
         let url = cluster.nodes[*index].url("");
-        for (id, n) in &acknowledged {
+        for (id, n, _) in &acknowledged {
             let session = wait_answer(&format!("{url}/api/sessions/{id}")).await?;
             assert_eq!(session["data"]["n"], *n, "node {index}: session {id}: {session}");
         }
