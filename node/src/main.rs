@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format, &config.log);
-    match runtime.block_on(run(config, shutdown_signal())) {
+    match runtime.block_on(async { run(config, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -543,28 +543,44 @@ async fn resolve(host_port: &str, port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 /// Runs a node with `config` until `shutdown` completes: what the `shoal` binary does.
+/// A `shutdown` that completes while the node is still starting (waiting for its peers'
+/// names, opening a large database) stops it there.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    Node::start(config).await?.serve(shutdown).await
+    let mut shutdown = Box::pin(shutdown);
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    node.serve(shutdown).await
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Returns a future that completes on SIGINT or SIGTERM. The handlers are installed at
+/// once, not when the future is first polled: as PID 1 in a container (no init), a
+/// process ignores a SIGTERM for which it has no handler, and a node stopped while still
+/// starting would wait out the whole stop timeout. Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler works on unix");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
+        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Sets up logging: `filter` (or RUST_LOG when set) in text or JSON lines on stderr.

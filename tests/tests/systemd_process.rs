@@ -1,6 +1,7 @@
 //! What systemd and container health checks see of a real `shoal` process: the
 //! notify-socket protocol of `Type=notify` (READY=1 only once the node can serve,
-//! STOPPING=1 when it begins to stop) and `shoal health` exiting 0 or 1.
+//! STOPPING=1 when it begins to stop), `shoal health` exiting 0 or 1, and a SIGTERM that
+//! arrives while the node is still starting.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -84,5 +85,27 @@ async fn a_node_that_cannot_serve_yet_is_not_ready_to_systemd_or_health() -> any
     assert!(text.contains("not ready") && text.contains("503"), "{text}");
     // Within a few gossip rounds it would have said READY=1 had it been ready.
     assert_eq!(receive(&socket, Duration::from_secs(2)), None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_stopped_while_it_starts_exits_at_once_and_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A peer name that never resolves: the node waits for it at start (up to 10 s).
+    let mut args: Vec<&str> = CLUSTER_ARGS.to_vec();
+    args.extend(["--peers", "no-such-peer.invalid:8000"]);
+    let mut node = TestNode::start_with(free_port(), &dir.path().join("n0"), &args, &[])?;
+    let deadline = Instant::now() + READY;
+    while !node.log().contains("open-file limit") {
+        assert!(Instant::now() < deadline, "the node did not begin to start:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = Instant::now();
+    // Without a handler yet, SIGTERM would kill it (and, as PID 1 in a container, be
+    // ignored until the stop timeout); with one it stops by itself, exit code 0.
+    let status = node.terminate(Duration::from_secs(5)).await?;
+    assert!(status.success(), "{status}:\n{}", node.log());
+    assert!(node.log().contains("stopped while starting"), "{}", node.log());
+    println!("exited {:?} after SIGTERM", stopped.elapsed());
     Ok(())
 }
