@@ -149,8 +149,8 @@ impl Bootstrap {
         }
         // More nodes than expected is what a peer name resolving to every replica gives
         // (`docker compose up --scale shoal=5` on a new cluster): the `expect` lowest ids
-        // form it, and the autopilot adds the others. Every node sees the same view, so
-        // only the lowest id acts.
+        // form it, and the autopilot adds the others. Only the lowest id of a view that
+        // held still for several rounds acts (as with exactly `expect`).
         if view[0] != cluster.node_id() {
             return;
         }
