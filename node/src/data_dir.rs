@@ -220,7 +220,10 @@ pub fn left(data_dir: &Path) -> bool {
 /// its log, its database and its id, so that a node started on this data dir later joins
 /// as a new member. The cluster holds every acknowledged write without it.
 pub fn forget_replica(data_dir: &Path) -> anyhow::Result<()> {
-    for name in [NODE_ID_FILE, REPLACES_FILE, RAFT_LOG_DIR, "db", "redb", LEFT_FILE] {
+    let engine_dirs = ENGINE_DIRS.iter().map(|(_, dir)| *dir);
+    let names = [NODE_ID_FILE, REPLACES_FILE, RAFT_LOG_DIR].into_iter().chain(engine_dirs);
+    // The mark goes last: a node killed half way deletes the rest at its next start.
+    for name in names.chain([LEFT_FILE]) {
         let path = data_dir.join(name);
         let removed =
             if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };

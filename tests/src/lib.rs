@@ -443,6 +443,27 @@ pub async fn create_numbered_session(
     created["id"].as_str().map(str::to_string)
 }
 
+/// Returns `GET url` as JSON once it answers 200, retrying for up to 30 s while it is
+/// not served yet: 503 (an election, no quorum), 502 (a load balancer between nodes) or
+/// no connection; any other status fails at once.
+pub async fn get_served(url: &str) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            match response.status().as_u16() {
+                200 => return Ok(response.json().await?),
+                502 | 503 => {}
+                status => bail!("{url} answered {status}"),
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{url} was not served within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Returns `GET url` as JSON.
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
     let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;

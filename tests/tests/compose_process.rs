@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use reqwest::StatusCode;
 use serde_json::Value;
-use shoal_tests::{balancer, create_numbered_session, free_port, wait_until};
+use shoal_tests::{balancer, create_numbered_session, free_port, get_served, wait_until};
 
 const FORM: Duration = Duration::from_secs(120);
 const SECRET: &str = "compose-test-secret-0123456789abcdef";
@@ -219,28 +219,6 @@ async fn leader_container(compose: &Compose) -> anyhow::Result<(u64, String)> {
     Ok((leader, compose.container_at(ip)?))
 }
 
-/// Reads session `id` through nginx, retrying 503s (an election) for a while.
-async fn read_session(compose: &Compose, id: &str) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = http().get(compose.url(&format!("/api/sessions/{id}"))).send().await;
-        if let Ok(response) = response {
-            if response.status() == StatusCode::OK {
-                return Ok(response.json().await?);
-            }
-            if response.status() != StatusCode::SERVICE_UNAVAILABLE
-                && response.status() != StatusCode::BAD_GATEWAY
-            {
-                bail!("session {id}: {}", response.status());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("session {id} is not readable");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Creates sessions through nginx until stopped; returns the acknowledged ones.
 struct Writer {
     stop: Arc<AtomicBool>,
@@ -309,7 +287,7 @@ impl Writer {
 async fn check_written(compose: &Compose, written: &[(String, u64)]) -> anyhow::Result<()> {
     assert!(written.len() > 10, "the writer wrote too little to mean anything: {}", written.len());
     for (id, n) in written {
-        let session = read_session(compose, id).await?;
+        let session = get_served(&compose.url(&format!("/api/sessions/{id}"))).await?;
         assert_eq!(session["data"]["n"], *n, "session {id}: {session}");
     }
     println!("all {} acknowledged sessions read back", written.len());

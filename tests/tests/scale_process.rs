@@ -8,9 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
-use serde_json::Value;
-use shoal_tests::{create_numbered_session, get_json, wait_until, TestCluster};
+use shoal_tests::{create_numbered_session, get_json, get_served, wait_until, TestCluster};
 
 const FORM: Duration = Duration::from_secs(60);
 const STOP: Duration = Duration::from_secs(30);
@@ -158,23 +156,10 @@ async fn nodes_stopped_for_good_leave_down_to_the_floor_and_a_restart_keeps_memb
     for index in &staying {
         let url = cluster.nodes[*index].url("");
         for (id, n, _) in &acknowledged {
-            let session = wait_answer(&format!("{url}/api/sessions/{id}")).await?;
+            let session = get_served(&format!("{url}/api/sessions/{id}")).await?;
             assert_eq!(session["data"]["n"], *n, "node {index}: session {id}: {session}");
         }
     }
     println!("checked {} acknowledged sessions on 3 nodes", acknowledged.len());
     Ok(())
-}
-
-/// Returns `GET url` as JSON once the node answers other than 503.
-async fn wait_answer(url: &str) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = http().get(url).send().await?;
-        if response.status() != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-            anyhow::ensure!(response.status() == StatusCode::OK, "{url}: {}", response.status());
-            return Ok(response.json().await?);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
