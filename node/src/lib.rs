@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 mod data_dir;
 mod discovery;
+#[cfg(test)]
+mod fixtures;
 /// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -7,6 +7,8 @@ mod blob;
 mod cluster;
 mod contact;
 mod error;
+#[cfg(test)]
+mod fixtures;
 /// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -45,8 +45,8 @@ type Membership = StoredMembership<NodeId, Node>;
 /// while a received snapshot is being installed (see [`StateMachineStore`]).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Node>,
-    data: Vec<u8>,
+    pub(crate) meta: SnapshotMeta<NodeId, Node>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Read access to the applied state, shared with the HTTP handlers.

@@ -10,7 +10,7 @@ mod json;
 mod progress;
 mod searches;
 mod sessions;
-mod trackers;
+pub(crate) mod trackers;
 
 use std::ops::Deref;
 use std::sync::Arc;
