@@ -28,8 +28,11 @@ pub enum StorageError {
         /// What is wrong, in the terms of the log's format.
         reason: String,
     },
-    /// A record carries a format version this build does not know.
-    #[error("record format version {found} is not supported (this build reads {supported})")]
+    /// A record carries a format level this build does not read: written by a newer build
+    /// (or damaged).
+    #[error(
+        "record format level {found} is not one this build reads (1 to {supported}): it was written by a newer shoal; upgrade this node"
+    )]
     UnsupportedVersion { found: u8, supported: u8 },
 }
 
