@@ -21,7 +21,7 @@ mod metrics;
 mod node;
 pub mod reports;
 pub mod sse;
-pub mod state;
+pub mod store;
 mod time;
 
 pub use config::{Cli, CliCommand, Config, ConfigError, LogFormat, ServeArgs};

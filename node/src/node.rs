@@ -33,7 +33,7 @@ use crate::leave::Leave;
 use crate::reports::{DownloadSigner, Reports, S3Reports};
 use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
-use crate::state::{RedisState, Store};
+use crate::store::{ClusterStore, RedisKeys, RedisStore, Store};
 
 /// How long a new single-node cluster may take to elect itself at start.
 const FIRST_ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,9 +218,10 @@ impl Node {
             config.maintenance_interval,
             stopped,
         );
-        let (store, feed, messages) = match &config.redis {
+        let (store, redis_store, feed, messages): (Store, _, _, _) = match &config.redis {
             None => {
-                (Store::Cluster { cluster: cluster.clone(), toucher: toucher.clone() }, None, None)
+                let store = ClusterStore::new(cluster.clone(), toucher.clone());
+                (Arc::new(store), None, None, None)
             }
             Some(redis_config) => {
                 let (redis, messages) =
@@ -229,12 +230,13 @@ impl Node {
                     })?;
                 redis.ping().await.context("Redis does not answer PING")?;
                 tracing::info!(addr = %redis.addr(), "redis connected: {}", redis.addr());
-                let state = RedisState { redis, prefix: redis_config.prefix.clone(), node_id };
+                let keys = RedisKeys { prefix: redis_config.prefix.clone() };
+                let state = RedisStore { redis, keys };
                 let feed = RedisFeed::start(state.clone());
-                (Store::Redis(state), Some(feed), Some(messages))
+                (Arc::new(state.clone()), Some(state), Some(feed), Some(messages))
             }
         };
-        let mode = store.mode();
+        let mode = store.mode().as_str();
         tracing::info!(
             instance_id = %instance_id,
             node_id,
@@ -246,14 +248,14 @@ impl Node {
             "shoal node started [mode: {mode}]"
         );
         // Every node of a cluster (or of one Redis) has the same key, so links work on any node.
-        let signing_key = match (&config.cluster_secret, store.redis()) {
+        let signing_key = match (&config.cluster_secret, &redis_store) {
             (Some(_), _) => secret.derive("download links"),
             (None, Some(redis)) => shared_signing_key(redis).await?,
             (None, None) => data_dir::signing_key(&config.data_dir)?,
         };
         let signer = DownloadSigner::new(signing_key);
-        let blob_store: Arc<dyn BlobStore> = match store.redis() {
-            Some(redis) => Arc::new(RedisBlobStore::new(redis.redis.clone(), &redis.prefix)),
+        let blob_store: Arc<dyn BlobStore> = match &redis_store {
+            Some(redis) => Arc::new(RedisBlobStore::new(redis.redis.clone(), &redis.keys.prefix)),
             None => Arc::new(ClusterBlobStore::new(cluster.clone())),
         };
         let mut reports = Reports::new(blob_store, signer, config.report_ttl, instance_id.clone());
@@ -468,8 +470,8 @@ impl Services {
 
 /// Returns the download-link key shared by every node of one Redis: made once by the
 /// first node, kept in Redis.
-async fn shared_signing_key(redis: &RedisState) -> anyhow::Result<[u8; 32]> {
-    let key = format!("{}:signing-key", redis.prefix);
+async fn shared_signing_key(redis: &RedisStore) -> anyhow::Result<[u8; 32]> {
+    let key = format!("{}:signing-key", redis.keys.prefix);
     let fresh = shoal_raft::auth::hex(&rand::random::<[u8; 32]>());
     let stored = redis
         .redis

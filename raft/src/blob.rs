@@ -136,12 +136,10 @@ impl ClusterBlobStore {
 }
 
 fn blob_error(error: ClusterError) -> BlobError {
-    match error {
-        ClusterError::NoLeader
-        | ClusterError::NotLeader { .. }
-        | ClusterError::Timeout(_)
-        | ClusterError::Unreachable(_) => BlobError::Unavailable(error.to_string()),
-        other => BlobError::Failed(other.to_string()),
+    if error.is_retryable() {
+        BlobError::Unavailable(error.to_string())
+    } else {
+        BlobError::Failed(error.to_string())
     }
 }
 

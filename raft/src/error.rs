@@ -27,7 +27,8 @@ pub enum ClusterError {
     /// Raft stopped or failed in a way that needs an operator.
     #[error("raft failed: {0}")]
     Raft(String),
-    /// The external state store (Redis, in compatibility mode) cannot answer right now.
+    /// Another node's state store could not answer right now. Builds before the domain
+    /// layer carried Redis failures in it; kept because the variants are a wire format.
     #[error("{0}")]
     Unavailable(String),
     /// This node is cut off from a quorum of the cluster (a partition, or most nodes down).
@@ -37,6 +38,23 @@ pub enum ClusterError {
     /// from the cluster or restored, never used.
     #[error("{0}")]
     Damaged(String),
+}
+
+impl ClusterError {
+    /// Returns whether the same request may succeed if made again shortly: the cluster is
+    /// between leaders, cut off or slow, not refusing it. (The variants are a wire format,
+    /// `docs/formats.md`: new ones go at the end.)
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::NoLeader
+                | ClusterError::NotLeader { .. }
+                | ClusterError::Unreachable(_)
+                | ClusterError::Timeout(_)
+                | ClusterError::Unavailable(_)
+                | ClusterError::NoQuorum
+        )
+    }
 }
 
 /// The result type of this crate.

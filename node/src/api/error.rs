@@ -6,6 +6,8 @@ use axum::Json;
 use serde_json::json;
 use shoal_raft::{ClusterError, Rejection};
 
+use crate::store::{StoreError, Unavailable};
+
 /// An error answered as `{"error": "<code>", "message": "<text>"}` with its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -90,41 +92,57 @@ impl From<Rejection> for ApiError {
 impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
         match error {
-            ClusterError::Rejected(rejection) => rejection.into(),
-            ClusterError::NoLeader => {
-                Self::unavailable("no_leader", "the cluster has no leader right now; retry shortly")
-            }
-            ClusterError::NotLeader { leader_id, .. } => Self::unavailable(
-                "not_leader",
-                format!("node {leader_id} leads the cluster; retry shortly"),
-            ),
+            // Only membership changes answer this; the rest is the state store's table.
             ClusterError::Membership(reason) => {
                 Self::new(StatusCode::CONFLICT, "membership", reason)
             }
-            ClusterError::Unreachable(reason) => {
+            other => StoreError::from(other).into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Rejected(rejection) => rejection.into(),
+            StoreError::Unavailable(unavailable) => unavailable.into(),
+            StoreError::Failed(_) => Self::internal(error),
+        }
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(unavailable: Unavailable) -> Self {
+        match unavailable {
+            Unavailable::NoLeader => {
+                Self::unavailable("no_leader", "the cluster has no leader right now; retry shortly")
+            }
+            Unavailable::NotLeader { leader_id } => Self::unavailable(
+                "not_leader",
+                format!("node {leader_id} leads the cluster; retry shortly"),
+            ),
+            Unavailable::Unreachable(reason) => {
                 tracing::warn!(%reason, "a peer could not be reached");
                 Self::unavailable(
                     "unreachable",
                     "the cluster leader could not be reached; retry shortly",
                 )
             }
-            ClusterError::Timeout(timeout) => Self::unavailable(
+            Unavailable::Timeout(timeout) => Self::unavailable(
                 "timeout",
                 format!(
                     "the cluster did not answer within {} ms; retry shortly",
                     timeout.as_millis()
                 ),
             ),
-            ClusterError::Unavailable(reason) => {
-                tracing::warn!(%reason, "the state store could not answer");
-                Self::unavailable("unavailable", format!("{reason}; retry shortly"))
-            }
-            ClusterError::NoQuorum => Self::unavailable(
+            Unavailable::NoQuorum => Self::unavailable(
                 "no_quorum",
                 "this node is cut off from most of the cluster; retry on another node",
             ),
-            ClusterError::Storage(_) | ClusterError::Raft(_) | ClusterError::Damaged(_) => {
-                Self::internal(error)
+            Unavailable::TooLate => Rejection::RequestExpired.into(),
+            Unavailable::Redis(reason) => {
+                tracing::warn!(%reason, "the state store could not answer");
+                Self::unavailable("unavailable", format!("{reason}; retry shortly"))
             }
         }
     }

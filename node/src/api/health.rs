@@ -44,7 +44,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "instance_id": app.instance_id,
         "node_id": status.node_id,
         "version": env!("CARGO_PKG_VERSION"),
-        "mode": app.store.mode(),
+        "mode": app.store.mode().as_str(),
         "storage": app.reports.storage_kind(),
         "cluster": {
             "role": status.role,
@@ -69,7 +69,7 @@ async fn health(State(app): State<AppState>) -> Response {
 async fn ready(State(app): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     app.store.ready().await?;
     Ok(Json(
-        json!({ "status": "ready", "node_id": app.cluster.node_id(), "mode": app.store.mode() }),
+        json!({ "status": "ready", "node_id": app.cluster.node_id(), "mode": app.store.mode().as_str() }),
     ))
 }
 

@@ -399,7 +399,7 @@ async fn start_search(State(app): State<AppState>, body: Bytes) -> Response {
         Err(crate::jobs::StartError::QueueFull(_)) => {
             ApiError::unavailable("queue_full", "this node's queue is full too").into_response()
         }
-        Err(crate::jobs::StartError::Cluster(error)) => ApiError::from(error).into_response(),
+        Err(crate::jobs::StartError::Store(error)) => ApiError::from(error).into_response(),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::jobs::Searches;
 use crate::reports::Reports;
 use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
-use crate::state::Store;
+use crate::store::Store;
 
 use crate::config::Config;
 

@@ -9,13 +9,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use shoal_raft::{unix_millis, ProgressRecord, Rejection};
+use shoal_raft::{ProgressRecord, Rejection};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::sse::{relay, ProgressEvent, RelayTopic};
-use crate::state::Store;
 use crate::time::rfc3339_millis;
 
 /// How long a resuming client waits for this node's relay to reach its resume point.
@@ -172,10 +171,6 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
         Some(topic) => {
             // The state under the topic's lock: this replica's copy, or in Redis mode the
             // record read above (Redis cannot be read under a lock held across awaits).
-            let reader = match &app.store {
-                Store::Cluster { cluster, .. } => Some(cluster.reader().clone()),
-                Store::Redis(_) => None,
-            };
             let read_now = record.clone();
             // A new client starts from the record read above (after a read barrier),
             // labelled with the last event it reflects, then the events after it: snapshot
@@ -191,9 +186,8 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
             let _ = tokio::time::timeout(RELAY_CATCH_UP, caught_up).await;
             let snapshot_from_record = resume.is_none().then(|| record.clone());
             let subscription = topic
-                .subscribe(Some(start), || match &reader {
-                    Some(reader) => reader.progress(&id, unix_millis()),
-                    None => Ok(Some(read_now)),
+                .subscribe(Some(start), || {
+                    app.store.progress_on_replica(&id).unwrap_or(Ok(Some(read_now)))
                 })
                 .await;
             let record = match subscription.state {

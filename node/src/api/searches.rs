@@ -39,7 +39,7 @@ async fn start_search(
     let (id, status) = match app.searches.start(params.clone()).await {
         Ok((id, record)) => (id, record.status.as_str().to_string()),
         Err(StartError::QueueFull(_)) => place_elsewhere(&app, &params).await?,
-        Err(StartError::Cluster(error)) => return Err(error.into()),
+        Err(StartError::Store(error)) => return Err(error.into()),
     };
     if query.wait {
         let record = wait_until_finished(&app, &id).await?;

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shoal_raft::{Command, Rejection, SessionChange, SessionRecord};
+use shoal_raft::{Rejection, SessionChange, SessionRecord};
 
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
@@ -137,13 +137,6 @@ fn session_response(status: StatusCode, id: &str, record: &SessionRecord) -> Api
     Ok(response)
 }
 
-fn written_session(response: shoal_raft::Response) -> ApiResult<(String, SessionRecord)> {
-    match response {
-        shoal_raft::Response::Session { id, record } => Ok((id, record)),
-        other => Err(ApiError::internal(format!("a session write answered {other:?}"))),
-    }
-}
-
 async fn create_session(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CreateSessionBody>,
@@ -158,8 +151,8 @@ async fn create_session(
             )))
         }
     };
-    let command = Command::CreateSession { id: new_session_id(), data, ttl_ms: ttl_secs * 1000 };
-    let (id, record) = written_session(app.store.write(command).await?)?;
+    let id = new_session_id();
+    let record = app.store.create_session(&id, data, ttl_secs * 1000).await?;
     let mut response = session_response(StatusCode::CREATED, &id, &record)?;
     let headers = response.headers_mut();
     headers.insert(header::SET_COOKIE, session_cookie(&app, &id, ttl_secs));
@@ -201,14 +194,10 @@ async fn update_session(
     headers: &HeaderMap,
     change: SessionChange,
 ) -> ApiResult<Response> {
-    let command = Command::UpdateSession {
-        id: id.to_string(),
-        change,
-        if_version: if_match(headers)?,
-        max_data_bytes: app.config.max_session_bytes,
-    };
-    let (id, record) = written_session(app.store.write(command).await?)?;
-    session_response(StatusCode::OK, &id, &record)
+    let if_version = if_match(headers)?;
+    let max_data_bytes = app.config.max_session_bytes;
+    let record = app.store.update_session(id, change, if_version, max_data_bytes).await?;
+    session_response(StatusCode::OK, id, &record)
 }
 
 async fn patch_session(
@@ -243,8 +232,7 @@ async fn delete_session(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = checked_id(&id)?;
-    let command = Command::DeleteSession { id: id.to_string(), if_version: if_match(&headers)? };
-    app.store.write(command).await?;
+    app.store.delete_session(id, if_match(&headers)?).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if cookie_session_id(&headers) == Some(id) {
         response.headers_mut().insert(header::SET_COOKIE, session_cookie(&app, "", 0));

@@ -8,10 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal_raft::{
-    ClusterError, Command, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate,
-    Rejection,
-};
+use shoal_raft::{ProgressRecord, ProgressStatus, ProgressUpdate, Rejection};
 
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
@@ -75,12 +72,12 @@ async fn create_tracker(
         ttl_ms: app.config.progress_ttl.as_millis() as u64,
         expires_at_ms: 0,
     };
-    let record = crate::jobs::create(&app.store, &id, record).await?;
+    let record = app.store.create_progress(&id, record).await?;
     // In Redis mode events are numbered in the record, whichever node takes them.
     if app.feed.is_none() {
         app.hub.open(&id, record.attempt, record.last_seq);
     }
-    let mode = app.store.mode();
+    let mode = app.store.mode().as_str();
     tracing::info!(tracker_id = %id, total = body.total, mode, "created progress tracker: {id} ({} parts) [mode: {mode}]", body.total);
     let mut view = view(&id, &record);
     view["events_url"] = json!(format!("/api/trackers/{id}/events"));
@@ -165,10 +162,7 @@ async fn refresh_deadline(app: &AppState, id: &str, record: &ProgressRecord) -> 
     if record.expires_at_ms >= shoal_raft::unix_millis().saturating_add(record.ttl_ms) {
         return Ok(());
     }
-    let update = ProgressUpdate::Started;
-    let command =
-        ProgressCommand::Update { id: id.to_string(), attempt: record.attempt, seq: 0, update };
-    app.store.write(Command::Progress(command)).await?;
+    app.store.record_milestone(id, record.attempt, 0, ProgressUpdate::Started).await?;
     Ok(())
 }
 
@@ -216,7 +210,7 @@ async fn apply_event_through_redis(
     record: &ProgressRecord,
     event: TrackerEvent,
 ) -> ApiResult<Response> {
-    let (Some(feed), Some(redis)) = (&app.feed, app.store.redis()) else {
+    let Some(feed) = &app.feed else {
         return Err(ApiError::internal("not in redis mode"));
     };
     let effect = effect(&event)?;
@@ -227,7 +221,7 @@ async fn apply_event_through_redis(
             ProgressUpdate::Finished { status, result: effect.result, error: effect.error.clone() }
         }
     };
-    let (seq, _) = redis.next_tracker_event(id, record.attempt, update).await?;
+    let (seq, _) = feed.store().next_tracker_event(id, record.attempt, update).await?;
     let data = match effect.status {
         None => event.data,
         Some(status) => {
@@ -267,9 +261,8 @@ pub async fn apply_event(
     let seq = topic
         .publish_durable(kind, |seq| async move {
             let update = ProgressUpdate::Finished { status, result, error: error.clone() };
-            let command = ProgressCommand::Update { id: event_id, attempt, seq, update };
-            store.write(Command::Progress(command)).await?;
-            Ok::<_, ClusterError>(
+            store.record_milestone(&event_id, attempt, seq, update).await?;
+            Ok::<_, crate::store::StoreError>(
                 json!({ "status": status.as_str(), "result": data, "error": error }),
             )
         })

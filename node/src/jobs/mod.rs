@@ -19,15 +19,12 @@ pub use params::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
 pub use pncp::{PncpClient, PncpPage};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
-use shoal_raft::{
-    ClusterError, Command, NodeId, PartState, ProgressCommand, ProgressRecord, ProgressStatus,
-    ProgressUpdate, Rejection, Response,
-};
+use shoal_raft::{NodeId, PartState, ProgressRecord, ProgressStatus, ProgressUpdate, Rejection};
 use tokio::sync::{mpsc, watch};
 
 use crate::reports::Reports;
 use crate::sse::{Hub, Topic};
-use crate::state::Store;
+use crate::store::{patiently, Store, StoreError};
 
 /// How long a finished search's events stay in memory for reconnecting clients.
 const TOPIC_LINGER: Duration = Duration::from_secs(120);
@@ -38,7 +35,7 @@ pub enum StartError {
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    Store(#[from] StoreError),
 }
 
 /// Settings of the runner.
@@ -174,7 +171,7 @@ impl Searches {
         // Marked running before it exists, so the takeover loop never runs it twice.
         let (cancel, cancelled) = watch::channel(false);
         self.cancels.lock().expect("cancels lock").insert(id.clone(), cancel);
-        let record = match create(&self.store, &id, record).await {
+        let record = match self.store.create_progress(&id, record).await {
             Ok(record) => record,
             Err(error) => {
                 self.cancels.lock().expect("cancels lock").remove(&id);
@@ -183,7 +180,7 @@ impl Searches {
         };
         self.started.lock().expect("started lock").insert((id.clone(), record.attempt));
         let topic = self.hub.open(&id, record.attempt, record.last_seq);
-        let mode = self.store.mode();
+        let mode = self.store.mode().as_str();
         tracing::info!(
             search_id = %id,
             ufs = params.ufs.len(),
@@ -212,7 +209,7 @@ impl Searches {
         record: &ProgressRecord,
     ) -> Result<(), StartError> {
         let params: SearchParams = serde_json::from_str(&record.params).map_err(|error| {
-            ClusterError::Raft(format!("search {id} has unreadable parameters: {error}"))
+            StoreError::Failed(format!("search {id} has unreadable parameters: {error}"))
         })?;
         let reservation = self.pool.reserve(params.ufs.len())?;
         let (cancel, cancelled) = watch::channel(false);
@@ -252,13 +249,9 @@ impl Searches {
         cancelled: watch::Receiver<bool>,
     ) {
         let attempt = topic.attempt;
-        let started = Command::Progress(ProgressCommand::Update {
-            id: id.clone(),
-            attempt,
-            seq: 0,
-            update: ProgressUpdate::Started,
-        });
-        if let Err(error) = self.store.write_patiently(started).await {
+        let started =
+            patiently(|| self.store.record_milestone(&id, attempt, 0, ProgressUpdate::Started));
+        if let Err(error) = started.await {
             tracing::warn!(search_id = %id, %error, "recording the start of a search failed");
         }
         let keywords: Vec<String> = params.keywords.iter().map(|keyword| fold(keyword)).collect();
@@ -347,26 +340,23 @@ impl Searches {
                         result: outcome.result.as_ref().map(Value::to_string),
                         error: outcome.error.clone(),
                     };
-                    let command = ProgressCommand::Update {
-                        id: id.to_string(),
-                        attempt: topic.attempt,
-                        seq,
-                        update,
-                    };
                     let data = json!({
                         "status": outcome.status.as_str(),
                         "result": outcome.result,
                         "error": outcome.error,
                     });
                     async move {
-                        self.store.write_patiently(Command::Progress(command)).await?;
-                        Ok::<_, ClusterError>(data)
+                        patiently(|| {
+                            self.store.record_milestone(id, topic.attempt, seq, update.clone())
+                        })
+                        .await?;
+                        Ok::<_, StoreError>(data)
                     }
                 })
                 .await;
             match recorded {
                 Ok(_) => return,
-                Err(ClusterError::Rejected(Rejection::StaleAttempt { current })) => {
+                Err(StoreError::Rejected(Rejection::StaleAttempt { current })) => {
                     // Another node took the search over: its attempt ends it, not this one.
                     tracing::warn!(search_id = %id, current, "search was taken over; this attempt stops");
                     topic.close();
@@ -385,19 +375,6 @@ impl Searches {
         topic
             .publish("failed", json!({ "status": "failed", "result": null, "error": error }))
             .await;
-    }
-}
-
-/// Writes `record` as new progress record `id`.
-pub async fn create(
-    store: &Store,
-    id: &str,
-    record: ProgressRecord,
-) -> Result<ProgressRecord, ClusterError> {
-    let command = ProgressCommand::Create { id: id.to_string(), record };
-    match store.write(Command::Progress(command)).await? {
-        Response::Progress { record, .. } => Ok(record),
-        other => Err(ClusterError::Raft(format!("creating progress answered {other:?}"))),
     }
 }
 
@@ -510,15 +487,10 @@ impl PartJob {
                     pages: pages as u32,
                     records,
                 };
-                let command = ProgressCommand::Update { id: id.clone(), attempt, seq, update };
-                let response = store.write_patiently(Command::Progress(command)).await?;
-                let (completed_parts, total_parts) = match &response {
-                    Response::Progress { record, .. } => {
-                        (record.completed_parts(), record.total_parts)
-                    }
-                    _ => (0, 0),
-                };
-                Ok::<_, ClusterError>(json!({
+                let record =
+                    patiently(|| store.record_milestone(id, attempt, seq, update.clone())).await?;
+                let (completed_parts, total_parts) = (record.completed_parts(), record.total_parts);
+                Ok::<_, StoreError>(json!({
                     "uf": uf,
                     "pages": pages,
                     "records": records,

@@ -5,9 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_raft::{
-    unix_millis, Cluster, Command, NodeId, ProgressCommand, ProgressRecord, Response,
-};
+use shoal_raft::{unix_millis, Cluster, NodeId, ProgressRecord};
 use tokio::sync::watch;
 
 use super::Searches;
@@ -89,10 +87,8 @@ pub async fn run(
             if !take_over {
                 continue;
             }
-            let command =
-                ProgressCommand::Takeover { id: id.clone(), attempt: record.attempt, owner: me };
-            match cluster.write(Command::Progress(command)).await {
-                Ok(Response::Progress { record: taken, .. }) => {
+            match searches.store.take_over(&id, record.attempt, me).await {
+                Ok(taken) => {
                     tracing::warn!(
                         search_id = %id,
                         from = record.owner,
@@ -105,7 +101,6 @@ pub async fn run(
                         }
                     }
                 }
-                Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(search_id = %id, %error, "takeover not recorded; retrying")
                 }

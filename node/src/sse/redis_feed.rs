@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{EventSink, Hub, ProgressEvent, Topic};
 use crate::jobs::Searches;
-use crate::state::{RedisState, Store};
+use crate::store::{RedisStore, Store, StoreError, Unavailable};
 
 /// How long a relayed topic with no local subscriber lives on.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
@@ -45,16 +45,21 @@ pub struct Message {
 /// The Redis side of the hub.
 #[derive(Debug)]
 pub struct RedisFeed {
-    state: RedisState,
+    state: RedisStore,
     sink: EventSink,
 }
 
 impl RedisFeed {
     /// Starts publishing what goes into the returned feed's sink, in order.
-    pub fn start(state: RedisState) -> Arc<Self> {
+    pub fn start(state: RedisStore) -> Arc<Self> {
         let (sink, events) = mpsc::unbounded_channel();
         tokio::spawn(publish(state.clone(), events));
         Arc::new(Self { state, sink })
+    }
+
+    /// Returns the Redis state this feed publishes beside.
+    pub fn store(&self) -> &RedisStore {
+        &self.state
     }
 
     /// Returns the sink that owner topics publish into.
@@ -68,10 +73,10 @@ impl RedisFeed {
     }
 
     /// Asks whichever node runs search `id` to cancel it.
-    pub async fn cancel(&self, id: &str) -> Result<(), shoal_raft::ClusterError> {
-        let message = [(self.state.cancel_channel(), id.as_bytes().to_vec())];
+    pub async fn cancel(&self, id: &str) -> Result<(), StoreError> {
+        let message = [(self.state.keys.cancel_channel(), id.as_bytes().to_vec())];
         self.state.redis.publish(&message).await.map_err(|error| {
-            shoal_raft::ClusterError::Unavailable(format!("publishing a cancel failed: {error}"))
+            Unavailable::Redis(format!("publishing a cancel failed: {error}")).into()
         })
     }
 
@@ -82,7 +87,7 @@ impl RedisFeed {
         searches: Arc<Searches>,
         mut messages: mpsc::UnboundedReceiver<RedisMessage>,
     ) -> anyhow::Result<()> {
-        let cancel_channel = self.state.cancel_channel();
+        let cancel_channel = self.state.keys.cancel_channel();
         self.state.redis.subscribe(&cancel_channel).await?;
         let state = self.state.clone();
         tokio::spawn(async move {
@@ -94,7 +99,7 @@ impl RedisFeed {
                     }
                     continue;
                 }
-                let Some(id) = state.channel_id(&message.channel) else { continue };
+                let Some(id) = state.keys.channel_id(&message.channel) else { continue };
                 let Some(topic) = hub.get(id).filter(|topic| topic.is_relayed()) else { continue };
                 let Ok(message) = serde_json::from_slice::<Message>(&message.payload) else {
                     tracing::debug!(channel = %message.channel, "unreadable event message");
@@ -118,14 +123,14 @@ impl RedisFeed {
         hub: Arc<Hub>,
         id: String,
         topic: Arc<Topic>,
-    ) -> Result<(), shoal_raft::ClusterError> {
-        let channel = self.state.events_channel(&id);
+    ) -> Result<(), StoreError> {
+        let channel = self.state.keys.events_channel(&id);
         if let Err(error) = self.state.redis.subscribe(&channel).await {
             topic.close();
             hub.remove(&id, &topic);
-            return Err(shoal_raft::ClusterError::Unavailable(format!(
-                "cannot subscribe to {channel}: {error}"
-            )));
+            return Err(
+                Unavailable::Redis(format!("cannot subscribe to {channel}: {error}")).into()
+            );
         }
         let feed = self.clone();
         tokio::spawn(async move {
@@ -189,7 +194,7 @@ async fn watch(store: &Store, id: &str, topic: &Topic) -> bool {
 /// Publishes the sink's events in order, many per round trip. While Redis is down they
 /// are dropped, as pub/sub would; the records keep the milestones.
 async fn publish(
-    state: RedisState,
+    state: RedisStore,
     mut events: mpsc::UnboundedReceiver<(Arc<str>, Arc<ProgressEvent>)>,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
@@ -206,7 +211,7 @@ async fn publish(
                     data: event.data.clone(),
                 };
                 let payload = serde_json::to_vec(&message).expect("messages serialize");
-                (state.events_channel(&id), payload)
+                (state.keys.events_channel(&id), payload)
             })
             .collect();
         match state.redis.publish(&messages).await {

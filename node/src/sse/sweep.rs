@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Hub;
-use crate::state::Store;
+use crate::store::Store;
 
 /// Every `interval`, removes from `hub` (and closes, ending their streams) the topics
 /// whose record no longer lives, until `stop` turns true.
@@ -32,7 +32,7 @@ pub async fn run(hub: Arc<Hub>, store: Store, interval: Duration, mut stop: watc
 }
 
 /// Removes the topics of `hub` whose record is gone; returns how many.
-pub async fn sweep(hub: &Hub, store: &Store) -> Result<usize, shoal_raft::ClusterError> {
+pub async fn sweep(hub: &Hub, store: &Store) -> crate::store::Result<usize> {
     let topics = hub.topics();
     if topics.is_empty() {
         metrics::gauge!("shoal_event_topics").set(0.0);
