@@ -26,6 +26,7 @@ use shoal_storage::codec;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::sse::follow::{follow, Followed};
 use crate::sse::relay::Frame;
 
 /// The path of the owner's event stream of a search or tracker.
@@ -302,59 +303,18 @@ async fn stream(
         return ApiError::new(StatusCode::GONE, "gone", "those events are no longer kept")
             .into_response();
     }
-    let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
-    let replay: Vec<String> = subscription.replay.iter().map(|event| Frame::json(event)).collect();
-    let last_seen = subscription.replay.last().map_or(query.after, |event| event.seq);
-    let closed = topic.closed();
-    let live = futures::stream::unfold(
-        (subscription.live, last_seen, replay_done, topic.clone(), closed),
-        |(mut live, mut last_seen, done, topic, mut closed)| async move {
-            loop {
-                if done {
-                    return None;
-                }
-                let received = tokio::select! {
-                    biased;
-                    received = live.recv() => Some(received),
-                    // The attempt stopped without a terminal event: end, so relays notice.
-                    _ = closed.wait_for(|closed| *closed) => return None,
-                    // An empty line now and then lets relays tell a silent owner from a dead one.
-                    _ = tokio::time::sleep(crate::sse::relay::HEARTBEAT) => None,
-                };
-                let Some(received) = received else {
-                    return Some((vec![String::new()], (live, last_seen, done, topic, closed)));
-                };
-                match received {
-                    Ok(event) if event.seq <= last_seen => continue,
-                    Ok(event) => {
-                        last_seen = event.seq;
-                        let terminal = event.is_terminal();
-                        return Some((
-                            vec![Frame::json(&event)],
-                            (live, last_seen, terminal, topic, closed),
-                        ));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Send what was missed from the history, then carry on live.
-                        let missed = topic.since(last_seen).await;
-                        let Some(last) = missed.last() else { continue };
-                        last_seen = last.seq;
-                        let terminal = missed.iter().any(|event| event.is_terminal());
-                        let lines = missed.iter().map(|event| Frame::json(event)).collect();
-                        return Some((lines, (live, last_seen, terminal, topic, closed)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    // An empty line now and then lets relays tell a silent owner from a dead one.
+    let heartbeat = Some(crate::sse::relay::HEARTBEAT);
+    let (seq, replay, live) = (subscription.seq, subscription.replay, subscription.live);
+    let lines = follow(topic, seq, replay, live, heartbeat).map(|followed| match followed {
+        Followed::Event(event) => Frame::json(&event),
+        Followed::Idle => String::new(),
+    });
     // Each line is signed for this request, numbered, so that the relay takes events from
     // the owner only, none dropped, repeated or moved.
     let mut signer = app.secret.line_signer(verified.nonce);
-    let lines = futures::stream::iter([replay]).chain(live).map(move |payloads| {
-        let signed: Vec<u8> =
-            payloads.iter().flat_map(|payload| signer.sign(payload.as_bytes())).collect();
-        Ok::<_, std::convert::Infallible>(Bytes::from(signed))
+    let lines = lines.map(move |payload| {
+        Ok::<_, std::convert::Infallible>(Bytes::from(signer.sign(payload.as_bytes())))
     });
     let mut response = Response::builder()
         .header("content-type", "application/x-ndjson")

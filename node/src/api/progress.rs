@@ -1,7 +1,6 @@
 //! What searches and trackers share: the state view and the SSE event stream.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -10,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{json, Map, Value};
 use shoal_raft::{ProgressRecord, Rejection};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::sse::follow::{follow, Followed};
 use crate::sse::{relay, ProgressEvent, RelayTopic};
 use crate::time::rfc3339_millis;
 
@@ -85,7 +84,7 @@ fn parse_last_event_id(headers: &HeaderMap) -> Option<(u32, u64)> {
 }
 
 fn sse_event(event: &ProgressEvent) -> Event {
-    Event::default().id(event.id()).event(event.kind).data(event.data.to_string())
+    Event::default().id(event.id()).event(event.kind.as_str()).data(event.data.to_string())
 }
 
 fn snapshot_event(id: &str, attempt: u32, seq: u64, record: &ProgressRecord) -> Event {
@@ -96,16 +95,9 @@ fn snapshot_event(id: &str, attempt: u32, seq: u64, record: &ProgressRecord) -> 
         .data(view(id, record).to_string())
 }
 
-fn terminal_from_record(record: &ProgressRecord) -> Event {
-    let data = json!({
-        "status": record.status.as_str(),
-        "result": record.result.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok()),
-        "error": record.error,
-    });
-    Event::default()
-        .id(format!("{}:{}", record.attempt, record.last_seq))
-        .event(record.status.as_str())
-        .data(data.to_string())
+/// The terminal event of finished `record`, as its owner published it.
+fn terminal_from_record(record: &ProgressRecord) -> Option<Event> {
+    ProgressEvent::ending_of(record).map(|event| sse_event(&event))
 }
 
 type EventStream = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
@@ -121,11 +113,8 @@ fn finished_events(
     if resume.is_some_and(|(_, seq)| seq >= record.last_seq) {
         return None;
     }
-    let events = [
-        snapshot_event(id, record.attempt, record.last_seq.saturating_sub(1), record),
-        terminal_from_record(record),
-    ];
-    Some(Box::pin(stream::iter(events)))
+    let head = snapshot_event(id, record.attempt, record.last_seq.saturating_sub(1), record);
+    Some(Box::pin(stream::iter(std::iter::once(head).chain(terminal_from_record(record)))))
 }
 
 /// `GET …/{id}/events`: a `snapshot` (unless resuming), the events after it, one
@@ -225,11 +214,16 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                         Some(snapshot_event(&id, topic.attempt, subscription.seq, &record))
                     }
                 };
-                let last_seen =
-                    subscription.replay.last().map_or(subscription.seq, |event| event.seq);
-                let replay: Vec<Event> = subscription.replay.iter().map(|e| sse_event(e)).collect();
-                let live = live_events(topic, subscription.live, last_seen, replay_done);
-                Box::pin(stream::iter(head).chain(stream::iter(replay)).chain(live))
+                let (seq, replay, live) =
+                    (subscription.seq, subscription.replay, subscription.live);
+                let events =
+                    follow(topic, seq, replay, live, None).filter_map(|followed| async move {
+                        match followed {
+                            Followed::Event(event) => Some(sse_event(&event)),
+                            Followed::Idle => None,
+                        }
+                    });
+                Box::pin(stream::iter(head).chain(events))
             }
         }
         None if record.status.is_terminal() => match finished_events(&id, &record, resume) {
@@ -252,56 +246,6 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
     Ok(response)
 }
 
-/// The live events after `last_seen`, ending after the terminal one (or when the topic
-/// is closed without one).
-fn live_events(
-    topic: Arc<crate::sse::Topic>,
-    receiver: tokio::sync::broadcast::Receiver<Arc<ProgressEvent>>,
-    last_seen: u64,
-    done: bool,
-) -> impl Stream<Item = Event> + Send {
-    struct Live {
-        closed: tokio::sync::watch::Receiver<bool>,
-        topic: Arc<crate::sse::Topic>,
-        receiver: tokio::sync::broadcast::Receiver<Arc<ProgressEvent>>,
-        last_seen: u64,
-        done: bool,
-        backlog: std::collections::VecDeque<Arc<ProgressEvent>>,
-    }
-    let closed = topic.closed();
-    let state = Live { closed, topic, receiver, last_seen, done, backlog: Default::default() };
-    stream::unfold(state, |mut live| async move {
-        loop {
-            if let Some(event) = live.backlog.pop_front() {
-                if event.seq <= live.last_seen {
-                    continue;
-                }
-                live.last_seen = event.seq;
-                live.done = event.is_terminal();
-                return Some((sse_event(&event), live));
-            }
-            if live.done {
-                return None;
-            }
-            let received = tokio::select! {
-                biased;
-                received = live.receiver.recv() => received,
-                // The relay feeding this topic gave up: end the stream; the client
-                // reconnects with its Last-Event-ID and is served afresh.
-                _ = live.closed.wait_for(|closed| *closed) => return None,
-            };
-            match received {
-                Ok(event) => live.backlog.push_back(event),
-                // Fell behind the live buffer: catch up from the topic's history.
-                Err(RecvError::Lagged(_)) => {
-                    live.backlog = live.topic.since(live.last_seen).await.into()
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    })
-}
-
 /// Re-reads the replicated record until it is terminal, then yields its terminal event.
 fn poll_until_terminal(app: AppState, id: String) -> impl Stream<Item = Event> + Send {
     stream::once(async move {
@@ -309,7 +253,7 @@ fn poll_until_terminal(app: AppState, id: String) -> impl Stream<Item = Event> +
             tokio::time::sleep(POLL_INTERVAL).await;
             match app.store.progress_local(&id).await {
                 Some(record) if record.status.is_terminal() => {
-                    return Some(terminal_from_record(&record))
+                    return terminal_from_record(&record)
                 }
                 Some(_) => continue,
                 None => return None,

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::progress::{self, view};
 use super::AppState;
-use crate::sse::ProgressEvent;
+use crate::sse::{terminal_data, EventKind, ProgressEvent};
 
 const MAX_LABEL_CHARS: usize = 200;
 const MAX_TOTAL: u32 = 1_000_000;
@@ -169,24 +169,25 @@ async fn refresh_deadline(app: &AppState, id: &str, record: &ProgressRecord) -> 
 /// What a tracker event changes: its status (`None` for progress), and for a terminal
 /// one the record's result and error.
 struct Effect {
-    kind: &'static str,
+    kind: EventKind,
     status: Option<ProgressStatus>,
     result: Option<String>,
     error: Option<String>,
 }
 
+/// The kinds of event a worker may post.
+const POSTED_KINDS: [EventKind; 3] = [EventKind::Progress, EventKind::Completed, EventKind::Failed];
+
 fn effect(event: &TrackerEvent) -> ApiResult<Effect> {
-    let (status, kind) = match event.kind.as_str() {
-        "progress" => {
-            return Ok(Effect { kind: "progress", status: None, result: None, error: None })
-        }
-        "completed" => (ProgressStatus::Completed, "completed"),
-        "failed" => (ProgressStatus::Failed, "failed"),
-        other => {
-            return Err(ApiError::unprocessable(format!(
-                "type: {other:?} is not one of progress, completed, failed"
-            )))
-        }
+    let Some(kind) = EventKind::parse(&event.kind).filter(|kind| POSTED_KINDS.contains(kind))
+    else {
+        return Err(ApiError::unprocessable(format!(
+            "type: {:?} is not one of progress, completed, failed",
+            event.kind
+        )));
+    };
+    let Some(status) = kind.terminal_status() else {
+        return Ok(Effect { kind, status: None, result: None, error: None });
     };
     let data = &event.data;
     let (result, error) = match status {
@@ -224,9 +225,7 @@ async fn apply_event_through_redis(
     let (seq, _) = feed.store().next_tracker_event(id, record.attempt, update).await?;
     let data = match effect.status {
         None => event.data,
-        Some(status) => {
-            json!({ "status": status.as_str(), "result": event.data, "error": effect.error })
-        }
+        Some(status) => terminal_data(status, Some(event.data), effect.error.as_deref()),
     };
     let published = ProgressEvent { attempt: record.attempt, seq, kind: effect.kind, data };
     feed.publish(id, published);
@@ -251,7 +250,7 @@ pub async fn apply_event(
     let topic = app.hub.get_or_open(&id, record.attempt, record.last_seq);
     let Some(status) = status else {
         refresh_deadline(app, &id, record).await?;
-        let seq = topic.publish("progress", event.data).await.ok_or(Rejection::ProgressFinished)?;
+        let seq = topic.publish(kind, event.data).await.ok_or(Rejection::ProgressFinished)?;
         return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": seq }))).into_response());
     };
     let data = event.data;
@@ -262,9 +261,7 @@ pub async fn apply_event(
         .publish_durable(kind, |seq| async move {
             let update = ProgressUpdate::Finished { status, result, error: error.clone() };
             store.record_milestone(&event_id, attempt, seq, update).await?;
-            Ok::<_, crate::store::StoreError>(
-                json!({ "status": status.as_str(), "result": data, "error": error }),
-            )
+            Ok::<_, crate::store::StoreError>(terminal_data(status, Some(data), error.as_deref()))
         })
         .await?
         .ok_or(Rejection::ProgressFinished)?;

@@ -23,7 +23,7 @@ use shoal_raft::{NodeId, PartState, ProgressRecord, ProgressStatus, ProgressUpda
 use tokio::sync::{mpsc, watch};
 
 use crate::reports::Reports;
-use crate::sse::{Hub, Topic};
+use crate::sse::{terminal_data, EventKind, Hub, Topic};
 use crate::store::{patiently, Store, StoreError};
 
 /// How long a finished search's events stay in memory for reconnecting clients.
@@ -86,7 +86,7 @@ const TERMINAL_TRIES: u32 = 3;
 /// How a search ended.
 struct Outcome {
     status: ProgressStatus,
-    kind: &'static str,
+    kind: EventKind,
     result: Option<Value>,
     error: Option<String>,
 }
@@ -309,16 +309,16 @@ impl Searches {
         let notices: Vec<Notice> = found.into_iter().flat_map(|(_, notices)| notices).collect();
         let total_records = notices.len() as u64;
         let (status, kind, result, error) = if was_cancelled || *cancelled.borrow() {
-            (ProgressStatus::Cancelled, "cancelled", None, None)
+            (ProgressStatus::Cancelled, EventKind::Cancelled, None, None)
         } else if let Some(error) = failure {
-            (ProgressStatus::Failed, "failed", None, Some(error))
+            (ProgressStatus::Failed, EventKind::Failed, None, Some(error))
         } else {
             match self.reports.store_search_report(&id, &params, notices).await {
                 Ok(download) => {
                     let result = json!({ "total_records": total_records, "download": download });
-                    (ProgressStatus::Completed, "completed", Some(result), None)
+                    (ProgressStatus::Completed, EventKind::Completed, Some(result), None)
                 }
-                Err(error) => (ProgressStatus::Failed, "failed", None, Some(error)),
+                Err(error) => (ProgressStatus::Failed, EventKind::Failed, None, Some(error)),
             }
         };
         self.finish(&id, &topic, Outcome { status, kind, result, error }).await;
@@ -340,11 +340,11 @@ impl Searches {
                         result: outcome.result.as_ref().map(Value::to_string),
                         error: outcome.error.clone(),
                     };
-                    let data = json!({
-                        "status": outcome.status.as_str(),
-                        "result": outcome.result,
-                        "error": outcome.error,
-                    });
+                    let data = terminal_data(
+                        outcome.status,
+                        outcome.result.clone(),
+                        outcome.error.as_deref(),
+                    );
                     async move {
                         patiently(|| {
                             self.store.record_milestone(id, topic.attempt, seq, update.clone())
@@ -373,7 +373,7 @@ impl Searches {
             format!("could not record the end of the search: {}", last_error.expect("tried"));
         tracing::error!(search_id = %id, %error, "ending the event stream unrecorded");
         topic
-            .publish("failed", json!({ "status": "failed", "result": null, "error": error }))
+            .publish(EventKind::Failed, terminal_data(ProgressStatus::Failed, None, Some(&error)))
             .await;
     }
 }
@@ -403,7 +403,7 @@ impl PartJob {
     ) {
         found.extend(notices.into_iter().filter(|notice| matches(notice, &self.keywords)));
         let data = json!({ "uf": self.uf, "page": page, "pages": pages, "records": found.len() });
-        self.topic.publish("progress", data).await;
+        self.topic.publish(EventKind::Progress, data).await;
     }
 
     /// Reads every page of the part's UF from its source; `None` when cancelled.
@@ -481,7 +481,7 @@ impl PartJob {
         let records = found.len() as u64;
         let recorded = self
             .topic
-            .publish_durable("part_completed", |seq| async move {
+            .publish_durable(EventKind::PartCompleted, |seq| async move {
                 let update = ProgressUpdate::PartCompleted {
                     part: uf.clone(),
                     pages: pages as u32,

@@ -4,6 +4,8 @@
 //! one lock; a subscriber takes its replay and its live receiver under the same lock, so
 //! it sees every event after its resume point exactly once.
 
+pub mod event;
+pub mod follow;
 pub mod redis_feed;
 pub mod relay;
 pub mod sweep;
@@ -13,6 +15,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+pub use event::{terminal_data, EventKind, ProgressEvent};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
@@ -23,35 +26,6 @@ const LIVE_BUFFER: usize = 256;
 /// the kept ones gets a fresh snapshot instead.
 const MAX_HISTORY: usize = 10_000;
 const MAX_HISTORY_BYTES: usize = 1024 * 1024;
-
-/// One event of a search or tracker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProgressEvent {
-    pub attempt: u32,
-    pub seq: u64,
-    /// `progress`, `part_completed`, `completed`, `failed` or `cancelled`.
-    pub kind: &'static str,
-    pub data: Value,
-}
-
-impl ProgressEvent {
-    /// Returns the static name of an event kind received from another node.
-    pub fn known_kind(kind: &str) -> Option<&'static str> {
-        ["progress", "part_completed", "completed", "failed", "cancelled"]
-            .into_iter()
-            .find(|known| *known == kind)
-    }
-
-    /// Returns whether this event ends the stream.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.kind, "completed" | "failed" | "cancelled")
-    }
-
-    /// Returns the SSE id: `<attempt>:<seq>`.
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.attempt, self.seq)
-    }
-}
 
 /// Where the events of the topics this node publishes also go (Redis, in compatibility
 /// mode), with the id of their search or tracker, in publishing order.
@@ -121,7 +95,7 @@ impl Topic {
 
     /// Publishes an event that is not recorded in Raft (per-page progress); `None` once
     /// the terminal event is out, as nothing may follow it.
-    pub async fn publish(&self, kind: &'static str, data: Value) -> Option<u64> {
+    pub async fn publish(&self, kind: EventKind, data: Value) -> Option<u64> {
         let mut log = self.log.lock().await;
         (!log.finished).then(|| self.push(&mut log, kind, data))
     }
@@ -131,7 +105,7 @@ impl Topic {
     /// `Ok(None)`: the terminal event is out already; `record` is not called.
     pub async fn publish_durable<F, Fut, E>(
         &self,
-        kind: &'static str,
+        kind: EventKind,
         record: F,
     ) -> Result<Option<u64>, E>
     where
@@ -146,7 +120,7 @@ impl Topic {
         Ok(Some(self.push(&mut log, kind, data)))
     }
 
-    fn push(&self, log: &mut TopicLog, kind: &'static str, data: Value) -> u64 {
+    fn push(&self, log: &mut TopicLog, kind: EventKind, data: Value) -> u64 {
         log.last_seq += 1;
         let event =
             Arc::new(ProgressEvent { attempt: self.attempt, seq: log.last_seq, kind, data });
@@ -200,7 +174,7 @@ impl Topic {
 
     /// Publishes an event another node numbered (relayed from the owner), keeping its
     /// number; returns false if it does not follow the last one (a duplicate or a gap).
-    pub async fn push_relayed(&self, seq: u64, kind: &'static str, data: Value) -> bool {
+    pub async fn push_relayed(&self, seq: u64, kind: EventKind, data: Value) -> bool {
         let mut log = self.log.lock().await;
         if log.finished || seq != log.last_seq + 1 {
             return false;
@@ -212,7 +186,7 @@ impl Topic {
     /// Publishes an event relayed through Redis pub/sub, which may lose messages while a
     /// connection is down: anything after the last event goes, gaps included (the record
     /// has the durable milestones); returns false for a duplicate or late one.
-    pub async fn push_lenient(&self, seq: u64, kind: &'static str, data: Value) -> bool {
+    pub async fn push_lenient(&self, seq: u64, kind: EventKind, data: Value) -> bool {
         let mut log = self.log.lock().await;
         if log.finished || seq <= log.last_seq {
             return false;
@@ -409,7 +383,7 @@ mod tests {
     async fn subscribers_see_every_event_after_their_resume_point_once() {
         let topic = Topic::new("s", 1, 0, false, None);
         for page in 1..=3 {
-            topic.publish("progress", json!({ "page": page })).await;
+            topic.publish(EventKind::Progress, json!({ "page": page })).await;
         }
         let fresh = topic.subscribe(None, || "state").await;
         assert_eq!((fresh.seq, fresh.replay.len()), (3, 0));
@@ -417,9 +391,9 @@ mod tests {
         assert_eq!(resumed.replay.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
 
         let failed: Result<Option<u64>, &str> =
-            topic.publish_durable("part_completed", |_| async { Err("no quorum") }).await;
+            topic.publish_durable(EventKind::PartCompleted, |_| async { Err("no quorum") }).await;
         assert!(failed.is_err());
-        let seq = topic.publish_durable("completed", |seq| async move {
+        let seq = topic.publish_durable(EventKind::Completed, |seq| async move {
             assert_eq!(seq, 4, "a failed durable publish does not use its number");
             Ok::<_, ()>(json!({}))
         });
@@ -427,15 +401,15 @@ mod tests {
         let live = resumed.live.recv().await.unwrap();
         assert_eq!(
             (live.seq, live.kind, live.is_terminal(), live.id()),
-            (4, "completed", true, "1:4".to_string())
+            (4, EventKind::Completed, true, "1:4".to_string())
         );
         assert_eq!(topic.since(2).await.len(), 2);
         assert!(resumed.resumed && !fresh.resumed);
 
         // Nothing follows the terminal event.
-        assert_eq!(topic.publish("progress", json!({})).await, None);
+        assert_eq!(topic.publish(EventKind::Progress, json!({})).await, None);
         let after_end: Result<Option<u64>, ()> =
-            topic.publish_durable("failed", |_| async { panic!("not called") }).await;
+            topic.publish_durable(EventKind::Failed, |_| async { panic!("not called") }).await;
         assert_eq!(after_end, Ok(None));
         // A resume point the topic never had starts over with a snapshot.
         let opened_later = Topic::new("s", 1, 10, false, None);
@@ -449,7 +423,7 @@ mod tests {
         assert!(topic.live.get().is_none(), "no channel until someone subscribes");
         let blob = json!({ "blob": "x".repeat(16 * 1024) });
         for _ in 0..3_000 {
-            topic.publish("progress", blob.clone()).await;
+            topic.publish(EventKind::Progress, blob.clone()).await;
         }
         let (kept, bytes) = topic.history_size().await;
         assert!(bytes <= MAX_HISTORY_BYTES && (60..70).contains(&kept), "{kept} events, {bytes} B");
@@ -461,7 +435,7 @@ mod tests {
         // Small events are bounded by count.
         let small = Topic::new("s", 1, 0, false, None);
         for _ in 0..MAX_HISTORY + 5 {
-            small.publish("progress", json!({})).await;
+            small.publish(EventKind::Progress, json!({})).await;
         }
         assert_eq!(small.history_size().await.0, MAX_HISTORY);
         // Closing before anyone watches, or after: every watcher sees it.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shoal_storage::RedisMessage;
 use tokio::sync::mpsc;
 
@@ -105,7 +105,9 @@ impl RedisFeed {
                     tracing::debug!(channel = %message.channel, "unreadable event message");
                     continue;
                 };
-                let Some(kind) = ProgressEvent::known_kind(&message.event) else { continue };
+                let Some(kind) = super::event::parse_received(&message.event, "redis") else {
+                    continue;
+                };
                 if message.attempt == topic.attempt {
                     topic.push_lenient(message.seq, kind, message.data).await;
                 }
@@ -180,13 +182,9 @@ async fn watch(store: &Store, id: &str, topic: &Topic) -> bool {
         // The terminal event may have been published while the connection was down.
         let since = *finished_since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() >= TERMINAL_GRACE && !topic.is_finished().await {
-            let data = json!({
-                "status": record.status.as_str(),
-                "result": record.result.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok()),
-                "error": record.error,
-            });
+            let Some(ending) = ProgressEvent::ending_of(&record) else { continue };
             let seq = record.last_seq.max(topic.last_seq().await + 1);
-            topic.push_lenient(seq, record.status.as_str(), data).await;
+            topic.push_lenient(seq, ending.kind, ending.data).await;
         }
     }
 }
@@ -207,7 +205,7 @@ async fn publish(
                     id: id.to_string(),
                     attempt: event.attempt,
                     seq: event.seq,
-                    event: event.kind.to_string(),
+                    event: event.kind.as_str().to_string(),
                     data: event.data.clone(),
                 };
                 let payload = serde_json::to_vec(&message).expect("messages serialize");

@@ -39,8 +39,11 @@ pub struct Frame {
 impl Frame {
     /// Returns the frame of `event` as JSON on one line (without its newline).
     pub fn json(event: &ProgressEvent) -> String {
-        let frame =
-            Frame { seq: event.seq, kind: event.kind.to_string(), data: event.data.clone() };
+        let frame = Frame {
+            seq: event.seq,
+            kind: event.kind.as_str().to_string(),
+            data: event.data.clone(),
+        };
         serde_json::to_string(&frame).expect("frames serialize")
     }
 }
@@ -135,8 +138,8 @@ async fn relay_once(
             continue; // heartbeat
         }
         let Ok(frame) = serde_json::from_slice::<Frame>(&line) else { continue };
-        let Some(kind) = ProgressEvent::known_kind(&frame.kind) else { continue };
-        let terminal = matches!(kind, "completed" | "failed" | "cancelled");
+        let Some(kind) = super::event::parse_received(&frame.kind, "relay") else { continue };
+        let terminal = kind.is_terminal();
         if !topic.push_relayed(frame.seq, kind, frame.data).await {
             // Out of order: reconnect from what this topic has.
             return false;
