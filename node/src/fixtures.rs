@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::trackers::TrackerEvent;
+use crate::fabric::redis_feed::Message;
+use crate::fabric::relay::Frame;
+use crate::fabric::TrackerEvent;
 use crate::jobs::SearchParams;
-use crate::sse::redis_feed::Message;
-use crate::sse::relay::Frame;
 
 struct Sample {
     name: &'static str,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 mod data_dir;
 mod discovery;
+pub mod fabric;
 #[cfg(test)]
 mod fixtures;
 /// Entry points of the fuzz targets in `fuzz/` (the `fuzzing` feature).

@@ -24,6 +24,8 @@ use crate::api::{self, AppState, NodeContext};
 use crate::config::{Config, LogFormat, StorageEngine};
 use crate::data_dir;
 use crate::discovery;
+use crate::fabric::redis_feed::RedisFeed;
+use crate::fabric::{ClusterFabric, Fabric, RedisFabric};
 use crate::gossip::membership::{raft_state, MembershipSettings};
 use crate::gossip::{
     self, Gossip, GossipSettings, KEY_API_ADDR, KEY_INSTANCE_ID, KEY_RAFT, KEY_REPLACES,
@@ -31,7 +33,6 @@ use crate::gossip::{
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::leave::Leave;
 use crate::reports::{DownloadSigner, Reports, S3Reports};
-use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
 use crate::store::{ClusterStore, RedisKeys, RedisStore, Store};
 
@@ -372,11 +373,21 @@ impl Node {
             sweep_interval,
             stop_maintenance.subscribe(),
         )));
+        let events: Fabric = match feed {
+            Some(feed) => Arc::new(RedisFabric { feed, hub: hub.clone() }),
+            None => Arc::new(ClusterFabric {
+                cluster: cluster.clone(),
+                gossip: gossip.clone(),
+                hub: hub.clone(),
+                store: store.clone(),
+                request_timeout: config.request_timeout,
+            }),
+        };
         let config_leave = config.leave_on_shutdown;
         let state = AppState(Arc::new(NodeContext {
             cluster,
             store,
-            feed,
+            events,
             config,
             instance_id,
             metrics: crate::metrics::recorder(),

@@ -33,6 +33,12 @@ impl ProgressStatus {
         }
     }
 
+    /// Returns the status the API names `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        use ProgressStatus::*;
+        [Queued, Running, Completed, Failed, Cancelled].into_iter().find(|s| s.as_str() == name)
+    }
+
     /// Returns whether nothing can change any more.
     pub fn is_terminal(self) -> bool {
         matches!(

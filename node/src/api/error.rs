@@ -6,6 +6,7 @@ use axum::Json;
 use serde_json::json;
 use shoal_raft::{ClusterError, Rejection};
 
+use crate::fabric::FabricError;
 use crate::store::{StoreError, Unavailable};
 
 /// An error answered as `{"error": "<code>", "message": "<text>"}` with its status.
@@ -107,6 +108,25 @@ impl From<StoreError> for ApiError {
             StoreError::Rejected(rejection) => rejection.into(),
             StoreError::Unavailable(unavailable) => unavailable.into(),
             StoreError::Failed(_) => Self::internal(error),
+        }
+    }
+}
+
+impl From<FabricError> for ApiError {
+    fn from(error: FabricError) -> Self {
+        match error {
+            FabricError::Store(error) => error.into(),
+            FabricError::OwnerUnknown => Self::unavailable(
+                "owner_unknown",
+                "the node that runs it is unknown; retry shortly",
+            ),
+            FabricError::OwnerUnreachable(reason) => {
+                tracing::warn!(%reason, "the node that runs it did not answer");
+                Self::unavailable(
+                    "owner_unreachable",
+                    "the node that runs it did not answer; retry shortly",
+                )
+            }
         }
     }
 }

@@ -26,8 +26,9 @@ use shoal_storage::codec;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::fabric::relay::Frame;
+use crate::fabric::tracker_events::{self, Effect, TrackerEvent};
 use crate::sse::follow::{follow, Followed};
-use crate::sse::relay::Frame;
 
 /// The path of the owner's event stream of a search or tracker.
 const STREAM_PATH: &str = "/internal/searches/{id}/stream";
@@ -304,7 +305,7 @@ async fn stream(
             .into_response();
     }
     // An empty line now and then lets relays tell a silent owner from a dead one.
-    let heartbeat = Some(crate::sse::relay::HEARTBEAT);
+    let heartbeat = Some(crate::fabric::relay::HEARTBEAT);
     let (seq, replay, live) = (subscription.seq, subscription.replay, subscription.live);
     let lines = follow(topic, seq, replay, live, heartbeat).map(|followed| match followed {
         Followed::Event(event) => Frame::json(&event),
@@ -330,19 +331,26 @@ async fn tracker_event(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let event: super::trackers::TrackerEvent = match serde_json::from_slice(&body) {
+    let event: TrackerEvent = match serde_json::from_slice(&body) {
         Ok(event) => event,
         Err(error) => return ApiError::unprocessable(error.to_string()).into_response(),
     };
-    let record = match super::progress::read(&app, &id).await {
-        Ok(record) => record,
-        Err(error) => return error.into_response(),
+    let published = async {
+        super::trackers::check_size(&app, &event)?;
+        let effect =
+            Effect::of(&event).map_err(|invalid| ApiError::unprocessable(invalid.to_string()))?;
+        let record = super::progress::read(&app, &id).await?;
+        if record.owner != app.cluster.node_id() {
+            return Err(ApiError::not_found("not_found", "this node does not own that tracker"));
+        }
+        if record.status.is_terminal() {
+            return Err(shoal_raft::Rejection::ProgressFinished.into());
+        }
+        let posted =
+            tracker_events::publish_here(&app.hub, &app.store, &id, &record, event, effect);
+        Ok::<_, ApiError>(super::trackers::posted_response(&id, posted.await?))
     };
-    if record.owner != app.cluster.node_id() {
-        return ApiError::not_found("not_found", "this node does not own that tracker")
-            .into_response();
-    }
-    super::trackers::apply_event(&app, &id, &record, event).await.into_response()
+    published.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Runs a search here for a node whose queue was full: 202 with its id, or 503.

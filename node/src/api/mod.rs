@@ -10,7 +10,7 @@ mod json;
 mod progress;
 mod searches;
 mod sessions;
-pub(crate) mod trackers;
+mod trackers;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
 use shoal_raft::{Cluster, ClusterSecret};
 
+use crate::fabric::Fabric;
 use crate::gossip::Gossip;
 use crate::jobs::Searches;
 use crate::reports::Reports;
-use crate::sse::redis_feed::RedisFeed;
 use crate::sse::Hub;
 use crate::store::Store;
 
@@ -43,8 +43,8 @@ pub struct NodeContext {
     pub cluster: Cluster,
     /// Where sessions and progress records live.
     pub store: Store,
-    /// Events through Redis pub/sub, in compatibility mode.
-    pub feed: Option<Arc<RedisFeed>>,
+    /// How live events and requests about searches and trackers reach other nodes.
+    pub events: Fabric,
     pub config: Config,
     pub instance_id: String,
     pub metrics: PrometheusHandle,

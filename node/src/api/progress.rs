@@ -13,7 +13,7 @@ use shoal_raft::{ProgressRecord, Rejection};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::sse::follow::{follow, Followed};
-use crate::sse::{relay, ProgressEvent, RelayTopic};
+use crate::sse::ProgressEvent;
 use crate::time::rfc3339_millis;
 
 /// How long a resuming client waits for this node's relay to reach its resume point.
@@ -124,35 +124,10 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
     let resume = parse_last_event_id(&headers).filter(|(attempt, _)| *attempt == record.attempt);
     let topic = match app.hub.get(&id).filter(|topic| topic.attempt == record.attempt) {
         Some(topic) => Some(topic),
-        // Run by another node: relay its events, starting where this client resumes so
-        // that the owner replays exactly what the client missed.
-        // Through Redis pub/sub, every node relays (trackers take events on any node).
-        None if !record.status.is_terminal() && app.feed.is_some() => {
-            match app.hub.open_relay(&id, record.attempt, record.last_seq) {
-                RelayTopic::Existing(topic) => Some(topic),
-                RelayTopic::New(topic) => {
-                    let feed = app.feed.as_ref().expect("checked above");
-                    feed.relay(app.store.clone(), app.hub.clone(), id.clone(), topic.clone())
-                        .await?;
-                    // Subscribed now: what changed before is in the record read again, what
-                    // changes after comes as events.
-                    record = read(&app, &id).await?;
-                    topic.advance_to(record.last_seq).await;
-                    Some(topic)
-                }
-            }
-        }
-        None if !record.status.is_terminal() && record.owner != app.cluster.node_id() => {
-            let start = resume.map(|(_, seq)| seq).filter(|seq| *seq <= record.last_seq);
-            match app.hub.open_relay(&id, record.attempt, start.unwrap_or(record.last_seq)) {
-                RelayTopic::Existing(topic) => Some(topic),
-                RelayTopic::New(topic) => {
-                    let (cluster, gossip, hub) =
-                        (app.cluster.clone(), app.gossip.clone(), app.hub.clone());
-                    relay::spawn(cluster, gossip, hub, id.clone(), topic.clone(), record.owner);
-                    Some(topic)
-                }
-            }
+        // Published elsewhere: the fabric relays the events here.
+        None if !record.status.is_terminal() => {
+            let resume_seq = resume.map(|(_, seq)| seq);
+            app.events.relay_topic(&id, &mut record, resume_seq).await?
         }
         None => None,
     };

@@ -132,29 +132,9 @@ async fn cancel_search(State(app): State<AppState>, Path(id): Path<String>) -> A
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
     }
-    if app.searches.cancel(&id) {
-        // Run here: cancelled.
-    } else if let Some(feed) = &app.feed {
-        // Whichever node runs it hears this on the cancel channel.
-        feed.cancel(&id).await?;
-    } else {
-        // Run by another node: ask the owner to cancel it.
-        let owner = app.cluster.member_addr(record.owner).ok_or_else(|| {
-            ApiError::unavailable(
-                "owner_unknown",
-                "the node running that search is unknown; retry shortly",
-            )
-        })?;
-        let path = format!("/internal/searches/{id}/cancel");
-        let timeout = app.config.request_timeout;
-        let client = app.cluster.client();
-        client.post(&owner, record.owner, &path, Vec::new(), timeout).await.map_err(|error| {
-            tracing::warn!(search_id = %id, %error, "forwarding a cancel to the owner failed");
-            ApiError::unavailable(
-                "owner_unreachable",
-                "the node running that search did not answer; retry shortly",
-            )
-        })?;
+    if !app.searches.cancel(&id) {
+        // Run by another node.
+        app.events.cancel_elsewhere(&id, &record).await?;
     }
     let body =
         json!({ "id": id, "status": "cancelling", "status_url": format!("/api/searches/{id}") });

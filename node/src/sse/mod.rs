@@ -6,8 +6,6 @@
 
 pub mod event;
 pub mod follow;
-pub mod redis_feed;
-pub mod relay;
 pub mod sweep;
 
 use std::collections::{HashMap, VecDeque};

@@ -16,9 +16,9 @@ use serde_json::Value;
 use shoal_storage::RedisMessage;
 use tokio::sync::mpsc;
 
-use super::{EventSink, Hub, ProgressEvent, Topic};
 use crate::jobs::Searches;
-use crate::store::{RedisStore, Store, StoreError, Unavailable};
+use crate::sse::{event, EventSink, Hub, ProgressEvent, Topic};
+use crate::store::{RedisStore, StateStore, StoreError, Unavailable};
 
 /// How long a relayed topic with no local subscriber lives on.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
@@ -105,7 +105,7 @@ impl RedisFeed {
                     tracing::debug!(channel = %message.channel, "unreadable event message");
                     continue;
                 };
-                let Some(kind) = super::event::parse_received(&message.event, "redis") else {
+                let Some(kind) = event::parse_received(&message.event, "redis") else {
                     continue;
                 };
                 if message.attempt == topic.attempt {
@@ -121,7 +121,6 @@ impl RedisFeed {
     /// subscribed: what is published from then on reaches the topic.
     pub async fn relay(
         self: &Arc<Self>,
-        store: Store,
         hub: Arc<Hub>,
         id: String,
         topic: Arc<Topic>,
@@ -136,7 +135,7 @@ impl RedisFeed {
         }
         let feed = self.clone();
         tokio::spawn(async move {
-            let finished = watch(&store, &id, &topic).await;
+            let finished = watch(&feed.state, &id, &topic).await;
             let _ = feed.state.redis.unsubscribe(&channel).await;
             if finished {
                 hub.retire(&id, &topic, FINISHED_LINGER);
@@ -151,7 +150,7 @@ impl RedisFeed {
 
 /// Watches a relayed topic; returns true once it has its terminal event, false when it
 /// should stop (nobody listens, or the record moved on or disappeared).
-async fn watch(store: &Store, id: &str, topic: &Topic) -> bool {
+async fn watch(store: &RedisStore, id: &str, topic: &Topic) -> bool {
     let mut idle_since = None;
     let mut finished_since = None;
     loop {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_raft::{unix_millis, Cluster, NodeId};
 
-use super::{Hub, ProgressEvent, Topic};
 use crate::gossip::Gossip;
+use crate::sse::{event, Hub, ProgressEvent, Topic};
 
 /// How long a relay with no local subscriber lives on.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
@@ -106,15 +106,8 @@ async fn relay_once(
     topic: &Topic,
     owner: NodeId,
 ) -> bool {
-    let addr = match cluster.member_addr(owner) {
-        Some(addr) => addr,
-        None => match gossip.members().await.into_iter().find(|member| member.node_id == owner) {
-            Some(member) => match member.api_addr {
-                Some(addr) => addr,
-                None => return false,
-            },
-            None => return false,
-        },
+    let Some(addr) = super::cluster::member_addr(cluster, gossip, owner).await else {
+        return false;
     };
     let path = stream_path(id, topic.attempt, topic.last_seq().await);
     let client = cluster.client();
@@ -138,7 +131,7 @@ async fn relay_once(
             continue; // heartbeat
         }
         let Ok(frame) = serde_json::from_slice::<Frame>(&line) else { continue };
-        let Some(kind) = super::event::parse_received(&frame.kind, "relay") else { continue };
+        let Some(kind) = event::parse_received(&frame.kind, "relay") else { continue };
         let terminal = kind.is_terminal();
         if !topic.push_relayed(frame.seq, kind, frame.data).await {
             // Out of order: reconnect from what this topic has.
