@@ -93,6 +93,7 @@ impl Node {
             },
             max_connections,
             drain: crate::http::DRAIN,
+            fast_streams: config.edge.sse_fast_path,
         };
         let listener = TcpListener::bind(config.listen).await.with_context(|| {
             format!("cannot listen on {} (is another node running there?)", config.listen)

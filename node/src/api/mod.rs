@@ -32,6 +32,14 @@ use crate::store::Store;
 
 use crate::config::Config;
 
+/// The SSE route of a search's events.
+pub const SEARCH_EVENTS_ROUTE: &str = "/api/searches/{id}/events";
+/// The SSE route of a tracker's events.
+pub const TRACKER_EVENTS_ROUTE: &str = "/api/trackers/{id}/events";
+/// Every SSE route: the router serves them, and a connection whose first request is a
+/// GET of one takes the streaming path (`http/streams.rs`), which reads this list.
+pub const STREAM_ROUTES: [&str; 2] = [SEARCH_EVENTS_ROUTE, TRACKER_EVENTS_ROUTE];
+
 /// Room for the JSON around a session's `data` in a request body.
 const BODY_OVERHEAD_BYTES: usize = 16 * 1024;
 

@@ -19,7 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/searches", post(start_search))
         .route("/api/searches/{id}", get(get_search).delete(cancel_search))
-        .route("/api/searches/{id}/events", get(progress::events_handler))
+        .route(super::SEARCH_EVENTS_ROUTE, get(progress::events_handler))
 }
 
 #[derive(Debug, Deserialize)]

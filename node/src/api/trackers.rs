@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/trackers", post(create_tracker))
         .route("/api/trackers/{id}", get(get_tracker))
-        .route("/api/trackers/{id}/events", get(progress::events_handler).post(post_event))
+        .route(super::TRACKER_EVENTS_ROUTE, get(progress::events_handler).post(post_event))
 }
 
 #[derive(Debug, Deserialize)]

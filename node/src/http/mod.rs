@@ -13,6 +13,8 @@
 
 mod admission;
 mod deadline;
+#[cfg(test)]
+mod same_bytes;
 mod streams;
 
 use std::future::Future;
@@ -55,6 +57,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// How long open responses may take to finish at shutdown.
     pub drain: Duration,
+    /// Whether a connection that opens with an SSE request is answered by [`streams`]
+    /// (`--no-sse-fast-path` turns it off: hyper serves every response).
+    pub fast_streams: bool,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
@@ -117,7 +122,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let watcher = watcher.clone();
-        connections.spawn(serve_connection(stream, ticket, router, watcher, settings.timeouts));
+        connections.spawn(serve_connection(stream, ticket, router, watcher, settings));
     }
     let _ = closing.send(true);
     let finished = async { while connections.join_next().await.is_some() {} };
@@ -154,13 +159,17 @@ async fn serve_connection(
     ticket: Ticket,
     router: Router,
     mut watcher: watch::Receiver<bool>,
-    timeouts: Timeouts,
+    settings: Settings,
 ) {
     let _ticket = ticket;
+    let timeouts = settings.timeouts;
     // A new connection has the header-read timeout from now for its first head, whoever
     // reads it; a silent one is closed then.
     let first_head = timeouts.header_read.map(|timeout| Instant::now() + timeout);
     let opening = async {
+        if !settings.fast_streams {
+            return Ok(Ok(streams::Opening::Other));
+        }
         match first_head {
             Some(deadline) => tokio::time::timeout_at(deadline, streams::open(&stream)).await,
             None => Ok(streams::open(&stream).await),
@@ -252,7 +261,7 @@ mod tests {
 
     fn test_settings() -> Settings {
         let timeouts = Timeouts { header_read: None, idle: None };
-        Settings { timeouts, max_connections: None, drain: DRAIN }
+        Settings { timeouts, max_connections: None, drain: DRAIN, fast_streams: true }
     }
 
     #[tokio::test]
@@ -361,7 +370,7 @@ mod tests {
         assert!(response.contains("content-type: text/event-stream\r\n"), "{response}");
         assert!(response.contains("transfer-encoding: chunked\r\n"), "{response}");
         let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-        assert_eq!(body, "e\r\ndata: t1 one\n\n\r\nb\r\ndata: two\n\n\r\n0\r\n\r\n");
+        assert_eq!(body, "E\r\ndata: t1 one\n\n\r\nB\r\ndata: two\n\n\r\n0\r\n\r\n");
         // The same connection serves the next request (hyper from here on).
         socket.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let hello = read_until(&mut socket, "hi").await;

@@ -23,6 +23,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
+use crate::api::STREAM_ROUTES;
+
 /// The most bytes of a request head looked at; a longer head goes to hyper.
 const MAX_HEAD: usize = 8 * 1024;
 /// The most headers a request on this path may carry.
@@ -100,13 +102,27 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<(Request<Body>, usize)> {
     Some((request, head_len))
 }
 
-/// `/api/searches/{id}/events` and `/api/trackers/{id}/events`.
+/// Returns whether `path` is one of the router's SSE routes ([`STREAM_ROUTES`]).
 fn is_stream_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/api/searches/").or(path.strip_prefix("/api/trackers/"))
-    else {
-        return false;
-    };
-    rest.strip_suffix("/events").is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    STREAM_ROUTES.iter().any(|route| matches_route(route, path))
+}
+
+/// Returns whether `path` matches `route`, whose `{name}` segments each match one
+/// non-empty segment, as the router matches them.
+fn matches_route(route: &str, path: &str) -> bool {
+    let (mut route, mut path) = (route.split('/'), path.split('/'));
+    loop {
+        match (route.next(), path.next()) {
+            (None, None) => return true,
+            (Some(wanted), Some(segment)) if wanted.starts_with('{') && wanted.ends_with('}') => {
+                if segment.is_empty() {
+                    return false;
+                }
+            }
+            (Some(wanted), Some(segment)) if wanted == segment => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Answers `request` on `stream` (its head, `head_len` bytes, not yet consumed) and
@@ -182,7 +198,8 @@ pub(super) async fn serve(
                         // One write per chunk: with TCP_NODELAY, three small writes are
                         // three segments, and the client waits for the last.
                         let mut chunk = Vec::with_capacity(bytes.len() + 12);
-                        write!(chunk, "{:x}\r\n", bytes.len())?;
+                        // Upper-case hex, as hyper writes chunk sizes: the same bytes.
+                        write!(chunk, "{:X}\r\n", bytes.len())?;
                         chunk.extend_from_slice(&bytes);
                         chunk.extend_from_slice(b"\r\n");
                         writer.write_all(&chunk).await?;
@@ -247,6 +264,10 @@ mod tests {
         }
         assert!(
             parse(b"GET /api/searches/s1/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some()
+        );
+        assert!(is_stream_path("/api/trackers/t/events") && !is_stream_path("/api/trackers/t"));
+        assert!(
+            !is_stream_path("/api/trackers/t/events/") && !is_stream_path("api/trackers/t/events")
         );
     }
 }
