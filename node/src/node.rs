@@ -342,10 +342,17 @@ impl Node {
             )
             .await?,
         );
+        let load = {
+            let searches = searches.clone();
+            move || {
+                let pool = searches.pool_stats();
+                pool.active + pool.queued
+            }
+        };
         let membership = tokio::spawn(gossip::membership::run(
             cluster.clone(),
             gossip.clone(),
-            searches.clone(),
+            load,
             MembershipSettings {
                 bootstrap_expect,
                 max_voters: config.max_voters,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::network::{InternalClient, FORWARD_BATCH_PATH};
-use crate::progress::ProgressCommand;
+use crate::types::ProgressCommand;
 use crate::types::{Command, Request, Response};
 use crate::{unix_millis, ClusterError, Raft, Result};
 
@@ -56,7 +56,7 @@ pub(crate) async fn propose(raft: &Raft, command: Command, timeout: Duration) ->
         Ok(written) => Ok(written.data),
         Err(openraft::error::RaftError::APIError(
             openraft::error::ClientWriteError::ForwardToLeader(forward),
-        )) => Err(crate::cluster::not_leader(forward)),
+        )) => Err(crate::error::not_leader(forward)),
         Err(openraft::error::RaftError::APIError(
             openraft::error::ClientWriteError::ChangeMembershipError(error),
         )) => Err(ClusterError::Raft(error.to_string())),

@@ -1,43 +1,11 @@
-//! Report blobs replicated through Raft: written in chunks, visible once committed,
-//! removed by the expiry index when their TTL runs out.
+//! Report blobs in the replicated state: written in chunks, visible once committed,
+//! removed by the expiry index when their TTL runs out (the store over it is
+//! `blob_store.rs`).
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use shoal_storage::{codec, Blob, BlobError, BlobStore, BoxFuture, Tree, WriteBatch};
+use shoal_storage::{codec, Tree, WriteBatch};
 
 use crate::keys;
-use crate::types::{Command, Rejection, Response};
-use crate::{unix_millis, Cluster, ClusterError};
-
-/// The largest chunk one log entry carries.
-pub const CHUNK_BYTES: usize = 256 * 1024;
-
-/// What a stored blob is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobMeta {
-    /// The file name offered to browsers.
-    pub name: String,
-    pub content_type: String,
-    pub size: u64,
-    pub chunks: u32,
-}
-
-/// A blob's bookkeeping: its meta once committed, and its deadline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRecord {
-    pub meta: Option<BlobMeta>,
-    pub expires_at_ms: u64,
-}
-
-/// Changes to blobs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BlobCommand {
-    /// Stores chunk `index`; chunk 0 starts the blob and sets its deadline.
-    Chunk { id: String, index: u32, bytes: Vec<u8>, ttl_ms: u64 },
-    /// Makes the blob visible once all its chunks are stored.
-    Commit { id: String, meta: BlobMeta },
-}
+use crate::types::{BlobCommand, BlobMeta, BlobRecord, Rejection, Response};
 
 pub(crate) fn read_record(state: &dyn Tree, id: &str) -> shoal_storage::Result<Option<BlobRecord>> {
     state.get(&keys::blob_meta(id))?.map(|bytes| codec::decode(&bytes, "blob")).transpose()
@@ -119,84 +87,5 @@ pub(crate) fn apply(
             batch.put(keys::blob_meta(&id), codec::encode(&record));
             Ok(Response::Empty)
         }
-    }
-}
-
-/// The [`BlobStore`] of cluster mode: blobs as chunks in the replicated state.
-#[derive(Debug, Clone)]
-pub struct ClusterBlobStore {
-    cluster: Cluster,
-}
-
-impl ClusterBlobStore {
-    /// Returns the blob store on `cluster`.
-    pub fn new(cluster: Cluster) -> Self {
-        Self { cluster }
-    }
-}
-
-fn blob_error(error: ClusterError) -> BlobError {
-    if error.is_retryable() {
-        BlobError::Unavailable(error.to_string())
-    } else {
-        BlobError::Failed(error.to_string())
-    }
-}
-
-impl BlobStore for ClusterBlobStore {
-    fn kind(&self) -> &'static str {
-        "cluster"
-    }
-
-    fn put<'a>(
-        &'a self,
-        id: &'a str,
-        blob: Blob,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), BlobError>> {
-        Box::pin(async move {
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let size = blob.bytes.len() as u64;
-            // An empty blob still has one (empty) chunk, which starts it.
-            let chunks: Vec<&[u8]> = if blob.bytes.is_empty() {
-                vec![&[]]
-            } else {
-                blob.bytes.chunks(CHUNK_BYTES).collect()
-            };
-            for (index, chunk) in chunks.iter().enumerate() {
-                let command = BlobCommand::Chunk {
-                    id: id.to_string(),
-                    index: index as u32,
-                    bytes: chunk.to_vec(),
-                    ttl_ms,
-                };
-                self.cluster.write(Command::Blob(command)).await.map_err(blob_error)?;
-            }
-            let meta = BlobMeta {
-                name: blob.name,
-                content_type: blob.content_type,
-                size,
-                chunks: chunks.len() as u32,
-            };
-            let commit = BlobCommand::Commit { id: id.to_string(), meta };
-            self.cluster.write(Command::Blob(commit)).await.map_err(blob_error)?;
-            Ok(())
-        })
-    }
-
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Blob>, BlobError>> {
-        Box::pin(async move {
-            self.cluster.read_barrier().await.map_err(blob_error)?;
-            let stored = self
-                .cluster
-                .reader()
-                .blob(id, unix_millis())
-                .map_err(|error| BlobError::Failed(error.to_string()))?;
-            Ok(stored.map(|(meta, bytes)| Blob {
-                name: meta.name,
-                content_type: meta.content_type,
-                bytes,
-            }))
-        })
     }
 }

@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use shoal_storage::{Engine, LogStore};
 use tokio::sync::{oneshot, watch};
 
+use crate::error::not_leader;
 use crate::lease::{LeaderView, Leases};
 use crate::network::{
     CallError, InternalClient, Network, FORWARD_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
@@ -793,23 +794,6 @@ fn call_error(error: CallError) -> ClusterError {
     ClusterError::Unreachable(error.to_string())
 }
 
-pub(crate) fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
-    match (forward.leader_id, forward.leader_node) {
-        (Some(leader_id), Some(node)) => {
-            ClusterError::NotLeader { leader_id, leader_addr: node.addr }
-        }
-        _ => ClusterError::NoLeader,
-    }
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Returns the wall clock in Unix milliseconds.
-pub fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or_default()
 }

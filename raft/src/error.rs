@@ -1,4 +1,6 @@
-use crate::types::{NodeId, Rejection};
+use openraft::error::ForwardToLeader;
+
+use crate::types::{Node, NodeId, Rejection};
 
 /// Errors of the Raft layer, as callers need to tell them apart.
 #[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -54,6 +56,17 @@ impl ClusterError {
                 | ClusterError::Unavailable(_)
                 | ClusterError::NoQuorum
         )
+    }
+}
+
+/// Returns the error of a request that reached a node that does not lead: where the
+/// leader is, if it knows.
+pub(crate) fn not_leader(forward: ForwardToLeader<NodeId, Node>) -> ClusterError {
+    match (forward.leader_id, forward.leader_node) {
+        (Some(leader_id), Some(node)) => {
+            ClusterError::NotLeader { leader_id, leader_addr: node.addr }
+        }
+        _ => ClusterError::NoLeader,
     }
 }
 

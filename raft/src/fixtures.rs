@@ -26,17 +26,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_storage::codec;
 
-use crate::blob::{BlobCommand, BlobMeta, BlobRecord};
 use crate::cluster::MembershipChange;
 use crate::error::ClusterError;
 use crate::network::Identity;
 use crate::once::Remembered;
-use crate::progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 use crate::state_machine::StoredSnapshot;
+use crate::types::{BlobCommand, BlobMeta, BlobRecord};
 use crate::types::{
     Command, Entry, Node, NodeId, Rejection, Request, Response, SessionChange, SessionRecord,
     TypeConfig,
 };
+use crate::types::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 
 /// One kind of encoded bytes: its name and how this build reads and writes it.
 struct Sample {

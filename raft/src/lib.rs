@@ -4,6 +4,8 @@
 pub mod auth;
 mod batch;
 mod blob;
+mod blob_store;
+mod clock;
 mod cluster;
 mod contact;
 mod error;
@@ -24,16 +26,16 @@ mod state_machine;
 mod types;
 
 pub use auth::ClusterSecret;
-pub use blob::{BlobCommand, BlobMeta, BlobRecord, ClusterBlobStore, CHUNK_BYTES};
-pub use cluster::{unix_millis, Cluster, ClusterOptions, ClusterStatus, MembershipChange};
+pub use blob_store::{ClusterBlobStore, CHUNK_BYTES};
+pub use clock::unix_millis;
+pub use cluster::{Cluster, ClusterOptions, ClusterStatus, MembershipChange};
 pub use error::{ClusterError, Result};
 pub use maintenance::{spawn_maintenance, Toucher};
 pub use network::{CallError, InternalClient};
-pub use progress::{
-    transition, PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate,
-};
+pub use progress::transition;
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{
-    Command, Entry, Node, NodeId, Raft, Rejection, Request, RequestKey, Response, SessionChange,
-    SessionRecord, TypeConfig,
+    BlobCommand, BlobMeta, BlobRecord, Command, Entry, Node, NodeId, PartState, ProgressCommand,
+    ProgressRecord, ProgressStatus, ProgressUpdate, Raft, Rejection, Request, RequestKey, Response,
+    SessionChange, SessionRecord, TypeConfig,
 };

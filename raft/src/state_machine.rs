@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
 use tokio::sync::watch;
 
-use crate::blob::{self, BlobMeta};
-use crate::progress::{self, ProgressRecord};
+use crate::blob;
+use crate::progress;
+use crate::types::{BlobMeta, ProgressRecord};
 use crate::types::{Command, Entry, Node, NodeId, Request, Response, SessionRecord, TypeConfig};
 use crate::{keys, once, rules};
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shoal_raft::{Cluster, NodeId, ProgressRecord, ProgressStatus};
 
+use super::owner::member_addr;
 use super::tracker_events::{self, Effect, TrackerEvent, TrackerPosted};
 use super::{relay, EventFabric, FabricError};
 use crate::gossip::Gossip;
@@ -23,16 +24,6 @@ pub struct ClusterFabric {
     pub store: Store,
     /// How long a call to the owner may take.
     pub request_timeout: Duration,
-}
-
-/// Returns the address of member `node_id`'s API: as Raft's membership records it, or,
-/// for a node not (yet) a member, as it gossips it. The one lookup of an owner.
-pub async fn member_addr(cluster: &Cluster, gossip: &Gossip, node_id: NodeId) -> Option<String> {
-    if let Some(addr) = cluster.member_addr(node_id) {
-        return Some(addr);
-    }
-    let members = gossip.members().await;
-    members.into_iter().find(|member| member.node_id == node_id).and_then(|member| member.api_addr)
 }
 
 /// The answer of a tracker's owner to a forwarded event.

@@ -9,6 +9,7 @@
 //! API turns topics into SSE streams.
 
 mod cluster;
+mod owner;
 mod redis;
 pub mod redis_feed;
 pub mod relay;

@@ -106,7 +106,7 @@ async fn relay_once(
     topic: &Topic,
     owner: NodeId,
 ) -> bool {
-    let Some(addr) = super::cluster::member_addr(cluster, gossip, owner).await else {
+    let Some(addr) = super::owner::member_addr(cluster, gossip, owner).await else {
         return false;
     };
     let path = stream_path(id, topic.attempt, topic.last_seq().await);

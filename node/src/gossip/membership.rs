@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use super::{
     Gossip, Member, KEY_LOAD, KEY_RAFT, KEY_READY, KEY_REPLACES, RAFT_REMOVED, RAFT_UNINITIALIZED,
 };
-use crate::jobs::Searches;
 
 /// How a node takes part in forming and keeping the cluster.
 #[derive(Debug, Clone)]
@@ -44,11 +43,12 @@ pub fn raft_state(status: &ClusterStatus) -> &'static str {
     }
 }
 
-/// Runs the membership loop until `shutdown` turns true.
+/// Runs the membership loop until `shutdown` turns true; `load` says how busy this node
+/// is (searches running and queued), which it gossips.
 pub async fn run(
     cluster: Cluster,
     gossip: Arc<Gossip>,
-    searches: Arc<Searches>,
+    load: impl Fn() -> u64 + Send + 'static,
     settings: MembershipSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -65,8 +65,7 @@ pub async fn run(
         let status = cluster.status();
         gossip.set(KEY_RAFT, raft_state(&status)).await;
         gossip.set(KEY_READY, status.leader_id.is_some()).await;
-        let pool = searches.pool_stats();
-        gossip.set(KEY_LOAD, pool.active + pool.queued).await;
+        gossip.set(KEY_LOAD, load()).await;
 
         if let Some((old, data_dir)) = &replaces {
             let in_place = status.voters.contains(&status.node_id)

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use super::notice::Notice;
+use crate::search::Notice;
 use crate::time::parse_iso_date;
 
 #[derive(Debug, Deserialize)]

@@ -2,8 +2,7 @@
 //! records milestones through Raft and publishes events to the local hub.
 
 mod file_source;
-mod notice;
-mod params;
+
 mod pncp;
 mod pool;
 mod sample;
@@ -13,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::search::{fold, matches, Notice};
+pub use crate::search::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
 pub use file_source::load as load_source_file;
-pub use notice::{fold, matches, Notice};
-pub use params::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
 pub use pncp::{PncpClient, PncpPage};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::notice::Notice;
+use crate::search::Notice;
 use crate::time::{iso_date, parse_iso_date};
 
 /// Notices per page asked of PNCP.

@@ -1,6 +1,6 @@
 //! The `sample` source: synthetic procurement notices, the same for the same UF and dates.
 
-use super::notice::Notice;
+use crate::search::Notice;
 use crate::time::iso_date;
 
 /// Notices per page, as the PNCP API pages them.
@@ -104,7 +104,7 @@ fn notice(uf: &str, first_day: i64, last_day: i64, index: usize) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::notice::{fold, matches};
+    use crate::search::{fold, matches};
 
     #[test]
     fn deterministic_pages_and_accent_insensitive_keywords() {

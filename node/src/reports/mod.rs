@@ -13,7 +13,7 @@ use shoal_storage::{Blob, BlobStore, S3BlobStore};
 pub use signing::{DownloadSigner, LinkError};
 pub use xlsx::{build, ReportInput, CONSTANT_MEMORY_ROWS};
 
-use crate::jobs::{Notice, SearchParams};
+use crate::search::{Notice, SearchParams};
 use crate::time::rfc3339_millis;
 
 /// The content type of .xlsx files.

@@ -6,7 +6,7 @@ use rust_xlsxwriter::{
     ExcelDateTime, Format, FormatAlign, Formula, Url, Workbook, Worksheet, XlsxError,
 };
 
-use crate::jobs::{Notice, SearchParams};
+use crate::search::{Notice, SearchParams};
 use crate::time::{civil_from_days, rfc3339_millis};
 
 /// Above this many rows the results sheet is streamed to a temp file row by row

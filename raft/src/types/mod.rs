@@ -4,8 +4,11 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::blob::BlobCommand;
-use crate::progress::{ProgressCommand, ProgressRecord};
+mod blob;
+mod progress;
+
+pub use blob::{BlobCommand, BlobMeta, BlobRecord};
+pub use progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 
 /// A node's Raft id: `--node-id`, or generated once and kept in the data dir.
 pub type NodeId = u64;
