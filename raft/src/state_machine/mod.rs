@@ -1,4 +1,7 @@
-//! The replicated state machine: sessions and their expiry index, on an [`Engine`] tree.
+//! The replicated state machine on an [`Engine`] tree: this file applies entries and
+//! answers openraft; each record kind is applied by its own module (`sessions.rs`,
+//! `crate::progress`, `crate::blob`, `crate::once`), expiry by `expiry.rs`, snapshots by
+//! `snapshot.rs`, and reads go through `reader.rs`.
 //!
 //! Contract: applying the same entries in the same order gives the same state on every
 //! replica. Each entry is applied as one atomic batch together with `last_applied`, so
@@ -10,26 +13,31 @@
 //! The durable applied index ([`StateMachineStore::durable_index`]) tells the log store
 //! how far it may purge.
 
-use std::collections::BTreeSet;
+mod expiry;
+mod reader;
+mod sessions;
+mod snapshot;
+
 use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
-};
+use openraft::{EntryPayload, LogId, OptionalSend, StorageIOError, StoredMembership};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use shoal_storage::{codec, Engine, KeyValue, Tree, WriteBatch};
 use tokio::sync::watch;
 
 use crate::blob;
 use crate::progress;
-use crate::types::{BlobMeta, ProgressRecord};
 use crate::types::{Command, Entry, Node, NodeId, Request, Response, SessionRecord, TypeConfig};
-use crate::{keys, once, rules};
+use crate::{keys, once};
+
+pub use reader::StateReader;
+pub use snapshot::SnapshotBuilder;
+pub(crate) use snapshot::StoredSnapshot;
+use snapshot::{raise, snapshot_meta};
 
 const STATE_TREE: &str = "state";
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -41,90 +49,6 @@ pub const DURABLE_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 
 type StorageError = openraft::StorageError<NodeId>;
 type Membership = StoredMembership<NodeId, Node>;
-
-/// A snapshot as kept on disk: openraft's metadata, and the encoded state pairs only
-/// while a received snapshot is being installed (see [`StateMachineStore`]).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredSnapshot {
-    pub(crate) meta: SnapshotMeta<NodeId, Node>,
-    pub(crate) data: Vec<u8>,
-}
-
-/// Read access to the applied state, shared with the HTTP handlers.
-///
-/// Reads see everything applied so far; callers that need linearizability wait on the
-/// read barrier of [`crate::Cluster`] first.
-#[derive(Debug, Clone)]
-pub struct StateReader {
-    state: Arc<dyn Tree>,
-    num_sessions: Arc<AtomicU64>,
-    /// Held for writing while a snapshot replaces the state, so reads never see it half
-    /// replaced.
-    gate: Arc<RwLock<()>>,
-}
-
-impl StateReader {
-    /// Returns session `id` unless it is missing or expired at `now_ms`.
-    pub fn session(&self, id: &str, now_ms: u64) -> shoal_storage::Result<Option<SessionRecord>> {
-        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(read_session(&*self.state, id)?.filter(|record| !record.is_expired(now_ms)))
-    }
-
-    /// Returns search or tracker `id` unless it is missing or expired at `now_ms`.
-    pub fn progress(&self, id: &str, now_ms: u64) -> shoal_storage::Result<Option<ProgressRecord>> {
-        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(progress::read(&*self.state, id)?.filter(|record| record.expires_at_ms > now_ms))
-    }
-
-    /// Returns committed blob `id` whole, unless it is missing or expired at `now_ms`.
-    pub fn blob(
-        &self,
-        id: &str,
-        now_ms: u64,
-    ) -> shoal_storage::Result<Option<(BlobMeta, Vec<u8>)>> {
-        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        blob::read(&*self.state, id, now_ms)
-    }
-
-    /// Returns every unexpired search and tracker.
-    pub fn progress_records(
-        &self,
-        now_ms: u64,
-    ) -> shoal_storage::Result<Vec<(String, ProgressRecord)>> {
-        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let mut records = Vec::new();
-        for pair in self.state.scan_prefix(keys::PROGRESS_PREFIX) {
-            let (key, bytes) = pair?;
-            let record: ProgressRecord = codec::decode(&bytes, "progress")?;
-            if record.expires_at_ms > now_ms {
-                let id = String::from_utf8_lossy(&key[keys::PROGRESS_PREFIX.len()..]).into_owned();
-                records.push((id, record));
-            }
-        }
-        Ok(records)
-    }
-
-    /// Returns the number of stored sessions (expired ones count until the next expiry).
-    pub fn num_sessions(&self) -> u64 {
-        self.num_sessions.load(Ordering::Relaxed)
-    }
-
-    /// Returns the earliest deadline of anything `Expire` removes: the expiry index and
-    /// the answers of keyed writes.
-    pub fn next_deadline_ms(&self) -> shoal_storage::Result<Option<u64>> {
-        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let indexed = match self.state.scan_prefix(keys::EXPIRY_PREFIX).next() {
-            Some(pair) => keys::parse_expiry(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms),
-            None => None,
-        };
-        let answers = once::next_deadline(&*self.state)?;
-        Ok(indexed.into_iter().chain(answers).min())
-    }
-}
-
-fn read_session(state: &dyn Tree, id: &str) -> shoal_storage::Result<Option<SessionRecord>> {
-    state.get(&keys::session(id))?.map(|bytes| codec::decode(&bytes, "session")).transpose()
-}
 
 /// openraft's [`RaftStateMachine`] for shoal.
 #[derive(Debug)]
@@ -246,65 +170,12 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn read_current_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let bytes = self
-            .snapshots
-            .get(CURRENT_SNAPSHOT_KEY)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        bytes
-            .map(|bytes| codec::decode(&bytes, "snapshot"))
-            .transpose()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
-    }
-
     async fn flush(&self) -> Result<(), StorageError> {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.flush())
             .await
             .map_err(|e| StorageIOError::write_state_machine(&e))?
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        Ok(())
-    }
-
-    /// Replaces the whole state with the snapshot's. Not atomic: the caller marks the
-    /// install in progress so that a crash midway is finished at the next start.
-    async fn restore(&mut self, stored: &StoredSnapshot) -> Result<(), StorageError> {
-        let signature = Some(stored.meta.signature());
-        let pairs: Vec<KeyValue> = codec::decode(&stored.data, "snapshot data")
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        let write_err =
-            |e: shoal_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
-        let gate = self.gate.clone();
-        let _replacing = gate.write().unwrap_or_else(PoisonError::into_inner);
-        self.state.clear().map_err(write_err)?;
-        let mut batch = WriteBatch::new();
-        let mut num_sessions = 0_u64;
-        for (key, value) in pairs {
-            if key.starts_with(keys::SESSION_PREFIX) {
-                num_sessions += 1;
-            }
-            batch.put(key, value);
-        }
-        batch.put(keys::LAST_APPLIED, codec::encode(&stored.meta.last_log_id));
-        batch.put(keys::MEMBERSHIP, codec::encode(&stored.meta.last_membership));
-        batch.put(keys::NUM_SESSIONS, codec::encode(&num_sessions));
-        self.state.apply(batch).map_err(write_err)?;
-        drop(_replacing);
-        // Installed: the state holds the data now; keep only the snapshot's metadata.
-        let installed = StoredSnapshot { meta: stored.meta.clone(), data: Vec::new() };
-        self.snapshots
-            .apply({
-                let mut done = WriteBatch::new();
-                done.put(CURRENT_SNAPSHOT_KEY, codec::encode(&installed));
-                done.delete(INSTALLING_KEY);
-                done
-            })
-            .map_err(write_err)?;
-        self.flush().await?;
-        self.set_last_applied(stored.meta.last_log_id);
-        self.mark_durable(stored.meta.last_log_id);
-        self.membership = stored.meta.last_membership.clone();
-        self.num_sessions.store(num_sessions, Ordering::Relaxed);
         Ok(())
     }
 
@@ -358,121 +229,23 @@ impl StateMachineStore {
         let state = &*state_tree;
         Ok(match request.command {
             Command::CreateSession { id, data, ttl_ms } => {
-                let existing = read_session(state, &id)?;
-                let record = match rules::create_session(existing.as_ref(), now_ms, data, ttl_ms) {
-                    Ok(record) => record,
-                    Err(rejection) => return Ok(Response::Rejected(rejection)),
-                };
-                match &existing {
-                    Some(existing) => change.batch.delete(keys::expiry(
-                        existing.expires_at_ms,
-                        keys::EXPIRY_KIND_SESSION,
-                        &id,
-                    )),
-                    None => change.session_delta += 1,
-                }
-                change.put_session(&id, &record);
-                Response::Session { id, record }
+                sessions::create(state, change, now_ms, id, data, ttl_ms)?
             }
             Command::UpdateSession { id, change: session_change, if_version, max_data_bytes } => {
-                let existing = read_session(state, &id)?;
-                let old_deadline = existing.as_ref().map(|record| record.expires_at_ms);
-                let record = match rules::update_session(
-                    existing,
-                    now_ms,
-                    session_change,
-                    if_version,
-                    max_data_bytes,
-                ) {
-                    Ok(record) => record,
-                    Err(rejection) => return Ok(Response::Rejected(rejection)),
-                };
-                if let Some(old_deadline) = old_deadline {
-                    change.batch.delete(keys::expiry(old_deadline, keys::EXPIRY_KIND_SESSION, &id));
-                }
-                change.put_session(&id, &record);
-                Response::Session { id, record }
+                let update = (session_change, if_version, max_data_bytes);
+                sessions::update(state, change, now_ms, id, update)?
             }
             Command::DeleteSession { id, if_version } => {
-                let existing = read_session(state, &id)?;
-                let record = match rules::live_session(existing, now_ms, if_version) {
-                    Ok(record) => record,
-                    Err(rejection) => return Ok(Response::Rejected(rejection)),
-                };
-                change.delete_session(&id, &record);
-                Response::Deleted
+                sessions::delete(state, change, now_ms, id, if_version)?
             }
-            Command::Touch { ids } => {
-                let mut touched = 0;
-                for id in ids.into_iter().collect::<BTreeSet<_>>() {
-                    let Some(mut record) = read_session(state, &id)? else {
-                        continue;
-                    };
-                    let deadline = now_ms.saturating_add(record.ttl_ms);
-                    if record.is_expired(now_ms) || deadline <= record.expires_at_ms {
-                        continue;
-                    }
-                    change.batch.delete(keys::expiry(
-                        record.expires_at_ms,
-                        keys::EXPIRY_KIND_SESSION,
-                        &id,
-                    ));
-                    record.expires_at_ms = deadline;
-                    change.put_session(&id, &record);
-                    touched += 1;
-                }
-                Response::Count(touched)
-            }
-            Command::Expire => {
-                let mut expired = 0;
-                let end = keys::expiry(now_ms, u8::MAX, "");
-                let due = state.range(Bound::Included(keys::EXPIRY_PREFIX), Bound::Excluded(&end));
-                for pair in due {
-                    let (key, _) = pair?;
-                    let Some((deadline_ms, kind, id)) = keys::parse_expiry(&key) else {
-                        continue;
-                    };
-                    if deadline_ms > now_ms {
-                        continue;
-                    }
-                    if kind == keys::EXPIRY_KIND_BLOB {
-                        match blob::read_record(state, id)? {
-                            Some(record) if record.expires_at_ms == deadline_ms => {
-                                blob::delete(state, &mut change.batch, id, &record)?;
-                                expired += 1;
-                            }
-                            _ => change.batch.delete(key.clone()),
-                        }
-                        continue;
-                    }
-                    if kind == keys::EXPIRY_KIND_PROGRESS {
-                        match progress::read(state, id)? {
-                            Some(record) if record.expires_at_ms == deadline_ms => {
-                                progress::delete(&mut change.batch, id, &record);
-                                expired += 1;
-                            }
-                            _ => change.batch.delete(key.clone()),
-                        }
-                        continue;
-                    }
-                    match read_session(state, id)? {
-                        Some(record) if record.expires_at_ms == deadline_ms => {
-                            change.delete_session(id, &record);
-                            expired += 1;
-                        }
-                        // An index entry without its record: drop it.
-                        _ => change.batch.delete(key.clone()),
-                    }
-                }
-                expired += once::forget_expired(state, now_ms, &mut change.batch)?;
-                Response::Count(expired)
-            }
+            Command::Touch { ids } => sessions::touch(state, change, now_ms, ids)?,
+            Command::Expire => expiry::expire(state, change, now_ms)?,
             Command::Once { key, deadline_ms, command } => {
                 if let Some(refused) = once::expired(now_ms, deadline_ms) {
                     return Ok(refused);
                 }
                 let live = |id: &str| {
-                    Ok(read_session(state, id)?.filter(|record| !record.is_expired(now_ms)))
+                    Ok(reader::read_session(state, id)?.filter(|record| !record.is_expired(now_ms)))
                 };
                 if let Some(first) = once::answered(state, deadline_ms, key, live, &command)? {
                     return Ok(first);
@@ -516,82 +289,6 @@ impl Change {
         self.batch.delete(keys::expiry(record.expires_at_ms, keys::EXPIRY_KIND_SESSION, id));
         self.session_delta -= 1;
     }
-}
-
-/// Records a snapshot point: the applied state itself is the snapshot (its data is
-/// encoded from the state when a follower needs it), so building one writes only its
-/// metadata and makes the state durable before openraft purges the log behind it.
-pub struct SnapshotBuilder {
-    engine: Arc<dyn Engine>,
-    durable: Arc<watch::Sender<u64>>,
-    snapshots: Arc<dyn Tree>,
-    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
-    last_applied: Option<LogId<NodeId>>,
-    membership: Membership,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let meta = snapshot_meta(self.last_applied, &self.membership);
-        let stored = StoredSnapshot { meta: meta.clone(), data: Vec::new() };
-        let signature = Some(meta.signature());
-        {
-            // A build runs beside the state machine task, so an install of a newer
-            // snapshot may have finished meanwhile: never replace it with an older one.
-            let _writing = self.snapshot_lock.lock().await;
-            let current = self
-                .snapshots
-                .get(CURRENT_SNAPSHOT_KEY)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-                .map(|bytes| codec::decode::<StoredSnapshot>(&bytes, "snapshot"))
-                .transpose()
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            if current.is_none_or(|current| current.meta.last_log_id < meta.last_log_id) {
-                self.snapshots
-                    .insert(CURRENT_SNAPSHOT_KEY, &codec::encode(&stored))
-                    .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-            }
-        }
-        // openraft purges the log behind this snapshot next: make the state it covers
-        // durable first.
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.flush())
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        raise(&self.durable, self.last_applied);
-        tracing::info!(snapshot = %meta, "raft snapshot point recorded");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
-    }
-}
-
-/// Raises the durable index to cover `applied` (it never goes back).
-fn raise(durable: &watch::Sender<u64>, applied: Option<LogId<NodeId>>) {
-    let index = applied.map_or(0, |log_id| log_id.index + 1);
-    durable.send_if_modified(|durable| {
-        let raised = index > *durable;
-        *durable = (*durable).max(index);
-        raised
-    });
-}
-
-/// Returns the metadata of a snapshot of the state at `last_applied`, with a new id.
-fn snapshot_meta(
-    last_applied: Option<LogId<NodeId>>,
-    membership: &Membership,
-) -> SnapshotMeta<NodeId, Node> {
-    let snapshot_id = match last_applied {
-        Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, unix_nanos()),
-        None => format!("empty-{}", unix_nanos()),
-    };
-    SnapshotMeta { last_log_id: last_applied, last_membership: membership.clone(), snapshot_id }
-}
-
-fn unix_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default()
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
