@@ -128,6 +128,9 @@ pub struct TestNode {
     envs: Vec<(String, String)>,
     /// The most files the process may open (soft and hard limit), when set.
     open_files: Option<u32>,
+    /// The `shoal` binary the next start runs; `None`: [`shoal_binary`] (the working
+    /// tree's build).
+    binary: Option<PathBuf>,
     starts: u32,
 }
 
@@ -164,6 +167,22 @@ impl TestNode {
         Ok(node)
     }
 
+    /// Starts the `shoal` binary at `binary` (another build, such as an earlier release's)
+    /// at `placement` with `envs` set as well; later starts run it too, until
+    /// [`TestNode::set_binary`] names another.
+    pub fn start_binary(
+        binary: &Path,
+        placement: Placement,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut node = Self::unstarted(placement, data_dir, extra_args, envs);
+        node.binary = Some(binary.to_path_buf());
+        node.spawn()?;
+        Ok(node)
+    }
+
     /// Starts `shoal` on a free port with at most `open_files` descriptors (soft and hard
     /// limit, so it cannot raise them), set by bash's `ulimit -n` before it execs shoal.
     pub fn start_with_open_files(
@@ -193,6 +212,7 @@ impl TestNode {
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             envs: envs.to_vec(),
             open_files: None,
+            binary: None,
             starts: 0,
         }
     }
@@ -209,7 +229,7 @@ impl TestNode {
             program.extend(["bash".into(), "-c".into()]);
             program.push(format!("ulimit -n {limit} && exec \"$0\" \"$@\"").into());
         }
-        program.push(shoal_binary().into());
+        program.push(self.binary().into());
         let mut command = Command::new(&program[0]);
         command.args(&program[1..]);
         let child = command
@@ -244,6 +264,21 @@ impl TestNode {
     /// Returns the process id while the node runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Returns the `shoal` binary the node's next start runs.
+    pub fn binary(&self) -> &Path {
+        match &self.binary {
+            Some(binary) => binary,
+            None => shoal_binary(),
+        }
+    }
+
+    /// Makes the node's next starts ([`TestNode::restart`]) run the `shoal` binary at
+    /// `path` (such as [`shoal_binary`] after an older build: an upgrade); the running
+    /// process is not touched.
+    pub fn set_binary(&mut self, path: &Path) {
+        self.binary = Some(path.to_path_buf());
     }
 
     /// Sets (or with `None` removes) environment variable `name` for the node's next
@@ -476,6 +511,8 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     root: PathBuf,
     args: Vec<String>,
+    /// The `shoal` binary new nodes run; `None`: [`shoal_binary`].
+    binary: Option<PathBuf>,
 }
 
 impl TestCluster {
@@ -491,7 +528,30 @@ impl TestCluster {
         placements: Vec<Placement>,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut cluster = Self { nodes: Vec::new(), root: root.to_path_buf(), args: Vec::new() };
+        Self::start_placed(root, placements, extra_args, None)
+    }
+
+    /// Starts `count` nodes in `root` as [`TestCluster::start`] does, running the `shoal`
+    /// binary at `binary` (another build, such as an earlier release's); nodes added later
+    /// run it too. [`TestNode::set_binary`] changes what one node runs from its next start.
+    pub fn start_with_binary(
+        root: &Path,
+        count: usize,
+        extra_args: &[&str],
+        binary: &Path,
+    ) -> anyhow::Result<Self> {
+        let placements = (0..count).map(|_| Placement::loopback(free_port())).collect();
+        Self::start_placed(root, placements, extra_args, Some(binary.to_path_buf()))
+    }
+
+    fn start_placed(
+        root: &Path,
+        placements: Vec<Placement>,
+        extra_args: &[&str],
+        binary: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut cluster =
+            Self { nodes: Vec::new(), root: root.to_path_buf(), args: Vec::new(), binary };
         cluster.args = CLUSTER_ARGS.iter().chain(extra_args).map(|arg| arg.to_string()).collect();
         let peers = placements.iter().map(Placement::addr).collect::<Vec<_>>().join(",");
         for (index, placement) in placements.into_iter().enumerate() {
@@ -505,7 +565,11 @@ impl TestCluster {
         args.extend(["--peers", peers, "--instance-id"]);
         let instance = format!("node-{index}");
         args.push(&instance);
-        TestNode::start_placed(placement, &self.root.join(format!("n{index}")), &args, &[])
+        let data_dir = self.root.join(format!("n{index}"));
+        match &self.binary {
+            Some(binary) => TestNode::start_binary(binary, placement, &data_dir, &args, &[]),
+            None => TestNode::start_placed(placement, &data_dir, &args, &[]),
+        }
     }
 
     /// Wraps nodes started by hand (with `CLUSTER_ARGS`) into a cluster.
@@ -516,7 +580,7 @@ impl TestCluster {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let args = CLUSTER_ARGS.iter().map(|arg| arg.to_string()).collect();
-        Self { nodes, root, args }
+        Self { nodes, root, args, binary: None }
     }
 
     /// Starts one more node whose `--peers` names only the nodes at `seeds`.

@@ -160,7 +160,19 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                 Err(error) => return Err(ApiError::internal(error)),
             };
             let replay_done = subscription.replay.iter().any(|event| event.is_terminal());
-            if subscription.finished && !replay_done && record.status.is_terminal() {
+            if record.attempt != topic.attempt {
+                // A takeover moved the record on while this topic relayed the attempt
+                // that is over: show the record under its own attempt and end, so that
+                // the client reconnects to the new attempt (a snapshot labelled with the
+                // old attempt would send its Last-Event-ID backwards).
+                match finished_events(&id, &record, None) {
+                    Some(events) if record.status.is_terminal() => events,
+                    _ => {
+                        let head = snapshot_event(&id, record.attempt, record.last_seq, &record);
+                        Box::pin(stream::iter([head]))
+                    }
+                }
+            } else if subscription.finished && !replay_done && record.status.is_terminal() {
                 // Ended before this request: answer from the record, like any node would.
                 match finished_events(&id, &record, resume) {
                     Some(events) => events,
@@ -179,18 +191,24 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                 let head = snapshot_event(&id, topic.attempt, terminal.seq - 1, &record);
                 Box::pin(stream::iter([head, sse_event(terminal)]))
             } else {
+                // A point the topic cannot replay from starts over with a snapshot now.
+                // A client ahead of this topic (its relay has not caught up: the owner is
+                // away) keeps its place: the snapshot carries its point, and the events up
+                // to it, which it has seen, are not sent again.
+                let ahead = resume.map(|(_, seq)| seq).filter(|seq| *seq > subscription.seq);
+                let seq = if subscription.resumed {
+                    subscription.seq
+                } else {
+                    ahead.unwrap_or(subscription.seq)
+                };
                 let head = match (&snapshot_from_record, subscription.resumed) {
                     (None, true) => None,
                     (Some(first), true) => {
                         Some(snapshot_event(&id, topic.attempt, first.last_seq, first))
                     }
-                    // A point the topic cannot replay from starts over with a snapshot now.
-                    (_, false) => {
-                        Some(snapshot_event(&id, topic.attempt, subscription.seq, &record))
-                    }
+                    (_, false) => Some(snapshot_event(&id, topic.attempt, seq, &record)),
                 };
-                let (seq, replay, live) =
-                    (subscription.seq, subscription.replay, subscription.live);
+                let (replay, live) = (subscription.replay, subscription.live);
                 let events =
                     follow(topic, seq, replay, live, None).filter_map(|followed| async move {
                         match followed {
