@@ -25,10 +25,10 @@ async fn start_node_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
     let mut config = Config::default_for_tests(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.max_session_bytes = 1024;
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = Duration::from_millis(150);
-    config.maintenance_interval = Duration::from_millis(100);
-    config.sample_page_delay = Duration::from_millis(10);
+    config.raft.heartbeat_interval = Duration::from_millis(50);
+    config.raft.election_timeout = Duration::from_millis(150);
+    config.raft.maintenance_interval = Duration::from_millis(100);
+    config.searches.sample_page_delay = Duration::from_millis(10);
     adjust(&mut config);
     let node = Node::start(config).await.unwrap();
     TestNode { router: node.router(), node, dir }
@@ -547,7 +547,8 @@ async fn a_search_runs_to_completion_and_can_wait() {
 #[tokio::test]
 async fn cancel_stops_a_running_search_promptly() {
     let node =
-        start_node_with(|config| config.sample_page_delay = Duration::from_millis(500)).await;
+        start_node_with(|config| config.searches.sample_page_delay = Duration::from_millis(500))
+            .await;
     let body = r#"{"ufs":["SP","RJ"],"date_from":"2025-01-01","date_to":"2025-12-31"}"#;
     let started = node.call(Method::POST, "/api/searches", &[], body).await;
     let uri = format!("/api/searches/{}", started.body["id"].as_str().unwrap());
@@ -564,9 +565,9 @@ async fn cancel_stops_a_running_search_promptly() {
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let node = start_node_with(|config| {
-        config.workers = 1;
-        config.queue_capacity = 2;
-        config.sample_page_delay = Duration::from_millis(300);
+        config.searches.workers = 1;
+        config.searches.queue_capacity = 2;
+        config.searches.sample_page_delay = Duration::from_millis(300);
     })
     .await;
     let body = r#"{"ufs":["SP","RJ","MG"],"date_from":"2025-01-01","date_to":"2025-12-31"}"#;

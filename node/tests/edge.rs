@@ -21,9 +21,9 @@ async fn start_node_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default_for_tests(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = Duration::from_millis(150);
-    config.maintenance_interval = Duration::from_millis(100);
+    config.raft.heartbeat_interval = Duration::from_millis(50);
+    config.raft.election_timeout = Duration::from_millis(150);
+    config.raft.maintenance_interval = Duration::from_millis(100);
     adjust(&mut config);
     let node = Node::start(config).await.unwrap();
     TestNode { router: node.router(), node, _dir: dir }
@@ -209,7 +209,7 @@ async fn an_event_over_the_size_limit_is_refused_and_publishes_nothing() {
 #[tokio::test]
 async fn an_unfinished_tracker_lives_its_ttl_after_its_last_event() {
     let ttl = Duration::from_secs(2);
-    let node = start_node_with(|config| config.progress_ttl = ttl).await;
+    let node = start_node_with(|config| config.searches.progress_ttl = ttl).await;
     let created = node.call("POST", "/api/trackers", &[], r#"{"total":3}"#).await;
     let id = created.body["id"].as_str().unwrap().to_string();
     let (tracker, events) = (format!("/api/trackers/{id}"), format!("/api/trackers/{id}/events"));

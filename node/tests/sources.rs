@@ -98,9 +98,9 @@ async fn start_node(adjust: impl FnOnce(&mut Config)) -> (Node, tempfile::TempDi
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default_for_tests(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = Duration::from_millis(150);
-    config.pncp_backoff = Duration::from_millis(10);
+    config.raft.heartbeat_interval = Duration::from_millis(50);
+    config.raft.election_timeout = Duration::from_millis(150);
+    config.searches.pncp_backoff = Duration::from_millis(10);
     adjust(&mut config);
     (Node::start(config).await.unwrap(), dir)
 }
@@ -120,8 +120,8 @@ async fn search(node: &Node, body: Value) -> Value {
 async fn pncp_pages_204_retries_and_bounded_concurrency() {
     let (url, fake) = start_fake().await;
     let (node, _dir) = start_node(|config| {
-        config.pncp_url = url;
-        config.pncp_concurrency = 2;
+        config.searches.pncp_url = url;
+        config.searches.pncp_concurrency = 2;
     })
     .await;
     let body = json!({"ufs": ["SP", "RJ", "MG", "BA", "PR", "SC"], "date_from": "2025-01-01",
@@ -157,7 +157,7 @@ async fn pncp_pages_204_retries_and_bounded_concurrency() {
 #[tokio::test]
 async fn pncp_failing_for_good_fails_the_search() {
     let (node, _dir) =
-        start_node(|config| config.pncp_url = "http://127.0.0.1:9".to_string()).await;
+        start_node(|config| config.searches.pncp_url = "http://127.0.0.1:9".to_string()).await;
     let body = json!({"ufs": ["SP"], "date_from": "2025-01-01", "date_to": "2025-01-31", "source": "pncp"});
     let done = search(&node, body).await;
     assert_eq!(done["status"], "failed", "{done}");
@@ -179,7 +179,7 @@ async fn file_source_reads_jsonl() {
         })
         .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let (node, _data) = start_node(|config| config.source_file = Some(path)).await;
+    let (node, _data) = start_node(|config| config.searches.source_file = Some(path)).await;
     let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-01-31", "source": "file"});
     let done = search(&node, body).await;
     assert_eq!(done["status"], "completed", "{done}");

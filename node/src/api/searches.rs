@@ -87,7 +87,7 @@ async fn place_elsewhere(app: &AppState, params: &SearchParams) -> ApiResult<(St
         let placed = app
             .cluster
             .client()
-            .relay_post(&addr, node_id, START_PATH, body.clone(), app.config.request_timeout)
+            .relay_post(&addr, node_id, START_PATH, body.clone(), app.config.raft.request_timeout)
             .await;
         match placed {
             Ok((202, answer)) => {

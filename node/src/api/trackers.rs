@@ -70,7 +70,7 @@ async fn create_tracker(
         result: None,
         error: None,
         last_seq: 0,
-        ttl_ms: app.config.progress_ttl.as_millis() as u64,
+        ttl_ms: app.config.searches.progress_ttl.as_millis() as u64,
         expires_at_ms: 0,
     };
     let record = app.store.create_progress(&id, record).await?;

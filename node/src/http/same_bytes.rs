@@ -112,8 +112,8 @@ async fn sse_scenarios_give_the_same_bytes_through_hyper_and_the_streaming_path(
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default_for_tests(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = Duration::from_millis(150);
+    config.raft.heartbeat_interval = Duration::from_millis(50);
+    config.raft.election_timeout = Duration::from_millis(150);
     let node = Node::start(config).await.unwrap();
     let router = node.router();
     let (fast, hyper) = (listen(router.clone(), true).await, listen(router.clone(), false).await);

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::{Node, Services};
 use crate::api::{AppState, NodeContext};
-use crate::config::{Config, StorageEngine};
+use crate::config::{Config, RaftConfig, SearchConfig, StorageConfig, StorageEngine};
 use crate::data_dir;
 use crate::discovery;
 use crate::fabric::redis_feed::RedisFeed;
@@ -50,13 +50,14 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
         format!("cannot listen on {} (is another node running there?)", config.listen)
     })?;
     let identity = Identity::establish(&config, listener.local_addr()?).await?;
-    let engine = open_engine(&config, &identity.engine_path).await?;
+    let engine = open_engine(&config.storage, &config.data_dir, &identity.engine_path).await?;
     let secret = match &config.cluster_secret {
         Some(secret) => ClusterSecret::new(secret.as_bytes().to_vec()),
         // A node alone: nobody else may call its internal endpoints.
         None => ClusterSecret::random(),
     };
-    let cluster = start_raft(&config, &identity, engine.clone(), &secret).await?;
+    let cluster =
+        start_raft(&config.raft, &config.data_dir, &identity, engine.clone(), &secret).await?;
     let bootstrap_expect = join_or_form(&config, &identity, &cluster).await?;
 
     let toucher = Toucher::default();
@@ -64,7 +65,7 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
     let mut background = vec![spawn_maintenance(
         cluster.clone(),
         toucher.clone(),
-        config.maintenance_interval,
+        config.raft.maintenance_interval,
         stopped,
     )];
     let backend = StateBackend::connect(&config, &cluster, &toucher).await?;
@@ -89,7 +90,7 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
         Some(feed) => Hub::with_sink(feed.sink()),
         None => Hub::default(),
     });
-    let searches = searches(&config, &backend.store, identity.node_id, &hub, &reports)?;
+    let searches = searches(&config.searches, &backend.store, identity.node_id, &hub, &reports)?;
     if let (Some(feed), Some(messages)) = (&backend.feed, backend.messages) {
         feed.serve(hub.clone(), searches.clone(), messages).await?;
     }
@@ -111,10 +112,10 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
             gossip: gossip.clone(),
             hub: hub.clone(),
             store: backend.store.clone(),
-            request_timeout: config.request_timeout,
+            request_timeout: config.raft.request_timeout,
         }),
     };
-    let leave = config.leave_on_shutdown.then(|| Leave {
+    let leave = config.membership.leave_on_shutdown.then(|| Leave {
         cluster: cluster.clone(),
         gossip: gossip.clone(),
         keep_voters: bootstrap_expect,
@@ -139,7 +140,7 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
 
 /// Takes a slot of a shared data dir (`--shared-data-dir`), which becomes this node's.
 fn claim_slot(config: &mut Config) -> anyhow::Result<Option<data_dir::Slot>> {
-    if !config.shared_data_dir {
+    if !config.storage.shared_data_dir {
         return Ok(None);
     }
     let slot = data_dir::claim_slot(&config.data_dir)?;
@@ -197,7 +198,7 @@ impl Identity {
             tracing::info!("this node left its cluster before it stopped: forgetting its replica");
             data_dir::forget_replica(&config.data_dir)?;
         }
-        let engine_path = data_dir::prepare(&config.data_dir, config.storage_engine)?;
+        let engine_path = data_dir::prepare(&config.data_dir, config.storage.engine)?;
         let node_id = data_dir::node_id(&config.data_dir, config.node_id)?;
         let replaces = data_dir::replaces(&config.data_dir)?;
         if replaces == Some(node_id) {
@@ -207,12 +208,19 @@ impl Identity {
             );
         }
         let instance_id = config.instance_id.clone().unwrap_or_else(|| format!("shoal-{node_id}"));
-        let peer_addrs = discovery::resolve_peers(&config.peers, discovery::NAMES_WAIT).await;
+        let peer_addrs =
+            discovery::resolve_peers(&config.membership.peers, discovery::NAMES_WAIT).await;
         let advertise_addr = match &config.advertise_addr {
             Some(addr) => addr.clone(),
             None => discovery::advertised_addr(local_addr, &peer_addrs).await,
         };
-        let peers = config.peers.iter().filter(|peer| **peer != advertise_addr).cloned().collect();
+        let peers = config
+            .membership
+            .peers
+            .iter()
+            .filter(|peer| **peer != advertise_addr)
+            .cloned()
+            .collect();
         Ok(Self {
             node_id,
             instance_id,
@@ -228,12 +236,13 @@ impl Identity {
 
 /// Opens the storage engine of the data dir.
 async fn open_engine(
-    config: &Config,
-    engine_path: &std::path::Path,
+    config: &StorageConfig,
+    data_dir: &Path,
+    engine_path: &Path,
 ) -> anyhow::Result<Arc<dyn Engine>> {
     let path = engine_path.to_path_buf();
-    let cache_bytes = config.storage_cache_bytes;
-    let kind = config.storage_engine;
+    let cache_bytes = config.cache_bytes;
+    let kind = config.engine;
     let engine = tokio::task::spawn_blocking(move || match kind {
         StorageEngine::Sled => SledEngine::open_with_cache(&path, cache_bytes)
             .map(|engine| Arc::new(engine) as Arc<dyn Engine>),
@@ -247,7 +256,7 @@ async fn open_engine(
              the file is damaged, rebuild this replica from its cluster with \
              `shoal reset-replica --data-dir {}`, then start the node as before)",
             engine_path.display(),
-            config.data_dir.display()
+            data_dir.display()
         )
     })?;
     Ok(engine)
@@ -255,7 +264,8 @@ async fn open_engine(
 
 /// Starts Raft on `engine` and the data dir's log.
 async fn start_raft(
-    config: &Config,
+    config: &RaftConfig,
+    data_dir: &Path,
     identity: &Identity,
     engine: Arc<dyn Engine>,
     secret: &ClusterSecret,
@@ -273,12 +283,12 @@ async fn start_raft(
         read_lease: config.read_lease.then_some(config.election_timeout / 2),
         client,
     };
-    let log_dir = data_dir::raft_log(&config.data_dir);
+    let log_dir = data_dir::raft_log(data_dir);
     Cluster::start(engine, &log_dir, options).await.map_err(|error| match error {
         ClusterError::Damaged(damage) => anyhow::anyhow!(
             "{damage}\nTo rebuild this replica: `shoal reset-replica --data-dir {}` with \
              the node stopped, then start it as before.",
-            config.data_dir.display()
+            data_dir.display()
         ),
         other => anyhow::Error::new(other).context("cannot start raft"),
     })
@@ -293,9 +303,11 @@ async fn join_or_form(
     cluster: &Cluster,
 ) -> anyhow::Result<usize> {
     let (node_id, peers) = (identity.node_id, &identity.peers);
-    let bootstrap_expect =
-        config.bootstrap_expect.unwrap_or_else(|| peers.iter().collect::<BTreeSet<_>>().len() + 1);
-    if config.bootstrap_expect.is_none() && identity.peer_addrs.len() > peers.len() + 1 {
+    let bootstrap_expect = config
+        .membership
+        .bootstrap_expect
+        .unwrap_or_else(|| peers.iter().collect::<BTreeSet<_>>().len() + 1);
+    if config.membership.bootstrap_expect.is_none() && identity.peer_addrs.len() > peers.len() + 1 {
         tracing::warn!(
             bootstrap_expect,
             addresses = identity.peer_addrs.len(),
@@ -405,7 +417,7 @@ async fn reports(
 
 /// Makes the search runner: its worker pool and sources.
 fn searches(
-    config: &Config,
+    config: &SearchConfig,
     store: &Store,
     node_id: NodeId,
     hub: &Arc<Hub>,
@@ -440,13 +452,16 @@ async fn start_gossip(
     secret: &ClusterSecret,
     started_ms: u64,
 ) -> anyhow::Result<Arc<Gossip>> {
-    let gossip_port = config.gossip_port.unwrap_or(identity.local_addr.port());
+    let gossip_port = config.membership.gossip_port.unwrap_or(identity.local_addr.port());
     let seeds = identity
         .peers
         .iter()
         .map(|peer| {
             let (host, port) = peer.rsplit_once(':').expect("validated host:port");
-            format!("{host}:{}", config.gossip_port.map_or(port.to_string(), |p| p.to_string()))
+            format!(
+                "{host}:{}",
+                config.membership.gossip_port.map_or(port.to_string(), |p| p.to_string())
+            )
         })
         .collect();
     let settings = GossipSettings {
@@ -454,7 +469,7 @@ async fn start_gossip(
         listen: SocketAddr::new(identity.local_addr.ip(), gossip_port),
         advertise: resolve(&identity.advertise_addr, gossip_port).await?,
         seeds,
-        interval: config.gossip_interval,
+        interval: config.membership.gossip_interval,
         secret: secret.clone(),
         started_ms,
     };
@@ -504,9 +519,9 @@ impl Loops<'_> {
             load,
             MembershipSettings {
                 bootstrap_expect,
-                max_voters: config.max_voters,
-                dead_node_timeout: config.dead_node_timeout,
-                interval: config.gossip_interval,
+                max_voters: config.membership.max_voters,
+                dead_node_timeout: config.membership.dead_node_timeout,
+                interval: config.membership.gossip_interval,
                 caught_up_lag: 100,
                 replaces: identity.replaces.map(|old| (old, config.data_dir.clone())),
             },
@@ -516,13 +531,13 @@ impl Loops<'_> {
             self.searches.clone(),
             self.cluster.clone(),
             self.gossip.clone(),
-            config.gossip_interval.max(Duration::from_millis(200)),
+            config.membership.gossip_interval.max(Duration::from_millis(200)),
             started_ms,
             stop.subscribe(),
         ));
         // Expired records' topics go within a tenth of the TTL (at most 30 s) after them.
-        let sweep_interval = (config.progress_ttl / 10)
-            .max(config.maintenance_interval)
+        let sweep_interval = (config.searches.progress_ttl / 10)
+            .max(config.raft.maintenance_interval)
             .min(Duration::from_secs(30));
         let sweep = tokio::spawn(crate::sse::sweep::run(
             self.hub.clone(),
