@@ -3,6 +3,7 @@
 
 mod file_source;
 
+mod part;
 mod pncp;
 mod pool;
 mod sample;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub use crate::search::{fold, matches, Notice};
 pub use crate::search::{InvalidSearch, SearchParams, SearchRequest, UF_CODES};
 pub use file_source::load as load_source_file;
+use part::{PartJob, PartOutcome};
 pub use pncp::{PncpClient, PncpPage};
 pub use pool::{PoolStats, QueueFull, Reservation, WorkerPool};
 use serde_json::{json, Value};
@@ -88,13 +90,6 @@ struct Outcome {
     kind: EventKind,
     result: Option<Value>,
     error: Option<String>,
-}
-
-/// How one part ended.
-enum PartOutcome {
-    Done { uf: String, notices: Vec<Notice> },
-    Failed(String),
-    Cancelled,
 }
 
 impl Searches {
@@ -374,133 +369,5 @@ impl Searches {
         topic
             .publish(EventKind::Failed, terminal_data(ProgressStatus::Failed, None, Some(&error)))
             .await;
-    }
-}
-
-/// One UF of one search.
-struct PartJob {
-    store: Store,
-    topic: Arc<Topic>,
-    id: String,
-    uf: String,
-    first_day: i64,
-    last_day: i64,
-    keywords: Vec<String>,
-    source: String,
-    sources: Sources,
-    cancelled: watch::Receiver<bool>,
-}
-
-impl PartJob {
-    /// Keeps the matching notices of a page and publishes the progress.
-    async fn take_page(
-        &self,
-        notices: Vec<Notice>,
-        page: usize,
-        pages: usize,
-        found: &mut Vec<Notice>,
-    ) {
-        found.extend(notices.into_iter().filter(|notice| matches(notice, &self.keywords)));
-        let data = json!({ "uf": self.uf, "page": page, "pages": pages, "records": found.len() });
-        self.topic.publish(EventKind::Progress, data).await;
-    }
-
-    /// Reads every page of the part's UF from its source; `None` when cancelled.
-    async fn read_pages(&mut self) -> Result<Option<(usize, Vec<Notice>)>, String> {
-        let (uf, first, last) = (self.uf.clone(), self.first_day, self.last_day);
-        let mut found = Vec::new();
-        let mut pages_read = 0;
-        match self.source.as_str() {
-            "sample" => {
-                let pages =
-                    sample::total_notices(&uf, first, last).div_ceil(sample::PAGE_SIZE).max(1);
-                for page in 1..=pages {
-                    let delay = self.sources.sample_page_delay;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.cancelled.wait_for(|cancelled| *cancelled) => return Ok(None),
-                    }
-                    self.take_page(sample::page(&uf, first, last, page), page, pages, &mut found)
-                        .await;
-                    pages_read += 1;
-                }
-            }
-            "file" => {
-                let all = self.sources.file.clone().ok_or("the file source is not configured")?;
-                let mine: Vec<Notice> = all
-                    .iter()
-                    .filter(|n| n.uf == uf && (first..=last).contains(&n.published_on))
-                    .cloned()
-                    .collect();
-                let pages = mine.len().div_ceil(sample::PAGE_SIZE).max(1);
-                let mut chunks = mine.chunks(sample::PAGE_SIZE).map(<[Notice]>::to_vec);
-                for page in 1..=pages {
-                    if *self.cancelled.borrow() {
-                        return Ok(None);
-                    }
-                    self.take_page(chunks.next().unwrap_or_default(), page, pages, &mut found)
-                        .await;
-                    pages_read += 1;
-                }
-            }
-            "pncp" => {
-                let client = self.sources.pncp.clone();
-                let mut pages_known = 0;
-                for &modality in client.modalities() {
-                    let mut page = 1;
-                    loop {
-                        let fetched = tokio::select! {
-                            fetched = client.page(&uf, first, last, modality, page) => fetched?,
-                            _ = self.cancelled.wait_for(|cancelled| *cancelled) => return Ok(None),
-                        };
-                        if page == 1 {
-                            pages_known += fetched.total_pages.max(1);
-                        }
-                        pages_read += 1;
-                        self.take_page(fetched.notices, pages_read, pages_known, &mut found).await;
-                        if page >= fetched.total_pages {
-                            break;
-                        }
-                        page += 1;
-                    }
-                }
-            }
-            other => return Err(format!("unknown source {other}")),
-        }
-        Ok(Some((pages_read, found)))
-    }
-
-    async fn run(mut self) -> PartOutcome {
-        let (pages, found) = match self.read_pages().await {
-            Ok(Some(read)) => read,
-            Ok(None) => return PartOutcome::Cancelled,
-            Err(error) => return PartOutcome::Failed(format!("part {}: {error}", self.uf)),
-        };
-        let (store, id, uf, attempt) = (&self.store, &self.id, &self.uf, self.topic.attempt);
-        let records = found.len() as u64;
-        let recorded = self
-            .topic
-            .publish_durable(EventKind::PartCompleted, |seq| async move {
-                let update = ProgressUpdate::PartCompleted {
-                    part: uf.clone(),
-                    pages: pages as u32,
-                    records,
-                };
-                let record =
-                    patiently(|| store.record_milestone(id, attempt, seq, update.clone())).await?;
-                let (completed_parts, total_parts) = (record.completed_parts(), record.total_parts);
-                Ok::<_, StoreError>(json!({
-                    "uf": uf,
-                    "pages": pages,
-                    "records": records,
-                    "completed_parts": completed_parts,
-                    "total_parts": total_parts,
-                }))
-            })
-            .await;
-        match recorded {
-            Ok(_) => PartOutcome::Done { uf: uf.clone(), notices: found },
-            Err(error) => PartOutcome::Failed(format!("part {uf}: {error}")),
-        }
     }
 }
