@@ -1,7 +1,8 @@
 //! Format fixtures: every kind of bytes shoal writes to disk or sends to another node,
 //! one sample each, as a release wrote them (`tests/fixtures/formats/<release>/`).
 //!
-//! The test decodes every checked-in fixture of every release with this build and
+//! The test (`shoal_storage::fixtures::check_releases`) decodes every checked-in fixture
+//! of every release with this build and
 //! requires that re-encoding it at the fixture's level gives the same bytes, and that
 //! the sample this build makes encodes to them too: so a later build both reads what
 //! older ones wrote and still writes what they read, at their level (the rule is in
@@ -10,7 +11,7 @@
 //! missing ones into this release's directory and never overwrites one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use openraft::error::{Fatal, Infallible, InstallSnapshotError, RaftError, SnapshotMismatch};
@@ -25,6 +26,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_storage::codec;
+use shoal_storage::fixtures::{self, Sample};
 
 use crate::cluster::MembershipChange;
 use crate::error::ClusterError;
@@ -38,22 +40,8 @@ use crate::types::{
 };
 use crate::types::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 
-/// One kind of encoded bytes: its name and how this build reads and writes it.
-struct Sample {
-    name: &'static str,
-    /// This build's encoding of the sample value at a format level.
-    encode_at: Box<dyn Fn(u8) -> Vec<u8>>,
-    /// Decodes fixture bytes and encodes the value again at their level.
-    round_trip: fn(&[u8]) -> Result<Vec<u8>, String>,
-}
-
-fn sample<T: Serialize + DeserializeOwned + 'static>(name: &'static str, value: T) -> Sample {
-    fn round_trip<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        let value: T = codec::decode(bytes, "fixture").map_err(|error| error.to_string())?;
-        Ok(codec::encode_at(bytes[0], &value))
-    }
-    let encode_at = Box::new(move |level| codec::encode_at(level, &value));
-    Sample { name, encode_at, round_trip: round_trip::<T> }
+fn sample<T: Serialize + DeserializeOwned + 'static>(name: &str, value: T) -> Sample {
+    fixtures::postcard(name, value)
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
@@ -304,7 +292,7 @@ fn samples() -> Vec<Sample> {
     all.push(sample("log-entry/blank", entry(EntryPayload::Blank)));
     all.push(sample("log-entry/membership", entry(EntryPayload::Membership(membership()))));
     for (name, command) in commands() {
-        let name = leak(format!("log-entry/{name}"));
+        let name = &format!("log-entry/{name}");
         all.push(sample(name, entry(EntryPayload::Normal(request(command)))));
     }
     // The log store's own records: its meta (vote and last purged) and commit hint.
@@ -321,7 +309,7 @@ fn samples() -> Vec<Sample> {
     ));
     all.push(sample("record/once-session", Remembered::Session { version: 3 }));
     for (name, response) in responses() {
-        all.push(sample(leak(format!("record/once-answer-{name}")), Remembered::Answer(response)));
+        all.push(sample(&format!("record/once-answer-{name}"), Remembered::Answer(response)));
     }
     all.push(sample("record/last-applied", Some(log_id(3, 121))));
     all.push(sample("record/membership", stored_membership()));
@@ -355,7 +343,7 @@ fn samples() -> Vec<Sample> {
         ("fatal", Err(RaftError::Fatal(Fatal::Stopped))),
     ];
     for (name, answer) in answers {
-        all.push(sample(leak(format!("rpc/append-answer-{name}")), answer));
+        all.push(sample(&format!("rpc/append-answer-{name}"), answer));
     }
     all.push(sample(
         "rpc/vote-request",
@@ -387,7 +375,7 @@ fn samples() -> Vec<Sample> {
         })));
     all.push(sample("rpc/snapshot-answer-mismatch", mismatch));
     for (name, command) in commands() {
-        all.push(sample(leak(format!("rpc/forward-{name}")), command));
+        all.push(sample(&format!("rpc/forward-{name}"), command));
     }
     all.push(sample(
         "rpc/forward-batch-request",
@@ -395,21 +383,21 @@ fn samples() -> Vec<Sample> {
     ));
     for (name, response) in responses() {
         let answer: crate::Result<Response> = Ok(response);
-        all.push(sample(leak(format!("rpc/forward-answer-{name}")), answer));
+        all.push(sample(&format!("rpc/forward-answer-{name}"), answer));
     }
     for (name, error) in cluster_errors() {
         let answer: crate::Result<Response> = Err(error);
-        all.push(sample(leak(format!("rpc/forward-error-{name}")), answer));
+        all.push(sample(&format!("rpc/forward-error-{name}"), answer));
     }
     for (name, rejection) in rejections() {
         let answer: crate::Result<Response> = Err(ClusterError::Rejected(rejection));
-        all.push(sample(leak(format!("rpc/forward-rejected-{name}")), answer));
+        all.push(sample(&format!("rpc/forward-rejected-{name}"), answer));
     }
     let batch: crate::Result<Vec<crate::Result<Response>>> =
         Ok(vec![Ok(Response::Deleted), Err(ClusterError::NoLeader)]);
     all.push(sample("rpc/forward-batch-answer", batch));
     for (name, change) in membership_changes() {
-        all.push(sample(leak(format!("rpc/membership-{name}")), change));
+        all.push(sample(&format!("rpc/membership-{name}"), change));
     }
     let changed: crate::Result<()> = Ok(());
     all.push(sample("rpc/membership-answer", changed));
@@ -421,70 +409,8 @@ fn samples() -> Vec<Sample> {
     all
 }
 
-/// Sample names are built once per test run; leaking them keeps `Sample` simple.
-fn leak(name: String) -> &'static str {
-    Box::leak(name.into_boxed_str())
-}
-
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats")
-}
-
-fn fixture_path(release: &Path, name: &str) -> PathBuf {
-    release.join(format!("{}.bin", name.replace('/', "--")))
-}
-
 #[test]
 fn every_release_fixture_decodes_and_this_build_writes_it_again() {
-    let samples = samples();
-    let mut names = BTreeSet::new();
-    for sample in &samples {
-        assert!(names.insert(sample.name), "sample {} is listed twice", sample.name);
-    }
-    if std::env::var_os("SHOAL_WRITE_FIXTURES").is_some() {
-        let release = fixtures_dir().join(env!("CARGO_PKG_VERSION"));
-        std::fs::create_dir_all(&release).unwrap();
-        for sample in &samples {
-            let path = fixture_path(&release, sample.name);
-            if !path.exists() {
-                std::fs::write(&path, (sample.encode_at)(codec::WRITE_LEVEL)).unwrap();
-            }
-        }
-    }
-
-    let mut releases: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .expect("the fixtures directory is checked in")
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    releases.sort();
-    assert!(!releases.is_empty(), "no release fixtures in {}", fixtures_dir().display());
-    let mut covered = BTreeSet::new();
-    let mut checked = 0;
-    for release in &releases {
-        for sample in &samples {
-            let path = fixture_path(release, sample.name);
-            let Ok(fixture) = std::fs::read(&path) else { continue };
-            let again = (sample.round_trip)(&fixture)
-                .unwrap_or_else(|error| panic!("{} does not decode: {error}", path.display()));
-            assert_eq!(again, fixture, "{} decodes to another value", path.display());
-            assert_eq!(
-                (sample.encode_at)(fixture[0]),
-                fixture,
-                "this build writes {} otherwise than {} did",
-                sample.name,
-                release.display()
-            );
-            covered.insert(sample.name);
-            checked += 1;
-        }
-        let known = std::fs::read_dir(release).unwrap().count();
-        let matched = samples.iter().filter(|s| fixture_path(release, s.name).exists()).count();
-        assert_eq!(known, matched, "{} holds fixtures no sample reads", release.display());
-    }
-    let missing: Vec<_> = names.difference(&covered).collect();
-    assert!(
-        missing.is_empty(),
-        "samples without a fixture (write them with SHOAL_WRITE_FIXTURES=1): {missing:?}"
-    );
-    assert!(checked >= samples.len());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    fixtures::check_releases(&dir, env!("CARGO_PKG_VERSION"), "bin", &samples());
 }

@@ -9,6 +9,9 @@ mod blob;
 pub mod codec;
 mod engine;
 mod error;
+/// The format-fixture check the crates share in their tests (the `testsuite` feature).
+#[cfg(feature = "testsuite")]
+pub mod fixtures;
 mod log_store;
 mod redis;
 mod s3;
