@@ -29,8 +29,8 @@ pub enum ClusterError {
     /// Raft stopped or failed in a way that needs an operator.
     #[error("raft failed: {0}")]
     Raft(String),
-    /// Another node's state store could not answer right now. Builds before the domain
-    /// layer carried Redis failures in it; kept because the variants are a wire format.
+    /// Never produced: builds before the domain layer carried Redis failures in it (never
+    /// between nodes); kept because the variants are a wire format.
     #[error("{0}")]
     Unavailable(String),
     /// This node is cut off from a quorum of the cluster (a partition, or most nodes down).
@@ -43,9 +43,9 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    /// Returns whether the same request may succeed if made again shortly: the cluster is
-    /// between leaders, cut off or slow, not refusing it. (The variants are a wire format,
-    /// `docs/formats.md`: new ones go at the end.)
+    /// Returns whether the same request, made again here shortly, may succeed: the
+    /// cluster is between leaders or slow. A node cut off from the quorum fails fast
+    /// instead. (The variants are a wire format, `docs/formats.md`: new ones go at the end.)
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -53,8 +53,6 @@ impl ClusterError {
                 | ClusterError::NotLeader { .. }
                 | ClusterError::Unreachable(_)
                 | ClusterError::Timeout(_)
-                | ClusterError::Unavailable(_)
-                | ClusterError::NoQuorum
         )
     }
 }

@@ -120,6 +120,10 @@ impl From<FabricError> for ApiError {
                 "owner_unknown",
                 "the node that runs it is unknown; retry shortly",
             ),
+            FabricError::Owner { status, body } => Self::internal(format!(
+                "an answer of the owner ({status}: {}) reached the error table",
+                String::from_utf8_lossy(&body)
+            )),
             FabricError::OwnerUnreachable(reason) => {
                 tracing::warn!(%reason, "the node that runs it did not answer");
                 Self::unavailable(

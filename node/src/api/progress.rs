@@ -192,10 +192,14 @@ pub async fn events(app: AppState, id: String, headers: HeaderMap) -> ApiResult<
                 Box::pin(stream::iter([head, sse_event(terminal)]))
             } else {
                 // A point the topic cannot replay from starts over with a snapshot now.
-                // A client ahead of this topic (its relay has not caught up: the owner is
-                // away) keeps its place: the snapshot carries its point, and the events up
-                // to it, which it has seen, are not sent again.
-                let ahead = resume.map(|(_, seq)| seq).filter(|seq| *seq > subscription.seq);
+                // A client ahead of a relayed topic (its relay has not caught up: the
+                // owner is away) keeps its place: the snapshot carries its point, and the
+                // owner's events up to it, which it has seen, are not sent again. Not on
+                // the owner: a tracker's owner that restarted numbers anew from its last
+                // milestone, and those are other events (docs/upgrades.md).
+                let ahead = resume
+                    .map(|(_, seq)| seq)
+                    .filter(|seq| *seq > subscription.seq && topic.is_relayed());
                 let seq = if subscription.resumed {
                     subscription.seq
                 } else {

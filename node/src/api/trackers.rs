@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::progress::{self, view};
 use super::AppState;
-use crate::fabric::{Effect, TrackerEvent, TrackerPosted};
+use crate::fabric::{Effect, FabricError, TrackerEvent, TrackerPosted};
 
 const MAX_LABEL_CHARS: usize = 200;
 const MAX_TOTAL: u32 = 1_000_000;
@@ -97,14 +97,22 @@ async fn post_event(
 ) -> ApiResult<Response> {
     let event = TrackerEvent { kind: posted.kind, data: posted.data };
     check_size(&app, &event)?;
-    let effect =
-        Effect::of(&event).map_err(|invalid| ApiError::unprocessable(invalid.to_string()))?;
     let record = progress::read_kind(&app, &id, "tracker").await?;
     if record.status.is_terminal() {
         return Err(Rejection::ProgressFinished.into());
     }
-    let posted = app.events.post_tracker_event(&id, &record, event, effect).await?;
-    Ok(posted_response(&id, posted))
+    let effect =
+        Effect::of(&event).map_err(|invalid| ApiError::unprocessable(invalid.to_string()))?;
+    match app.events.post_tracker_event(&id, &record, event, effect).await {
+        Ok(posted) => Ok(posted_response(&id, posted)),
+        // The tracker's owner refused it: its answer goes back as it is.
+        Err(FabricError::Owner { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
+            Ok((status, content_type, body).into_response())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Answers a published event: 202 with its number, or 200 with the status it ended in.

@@ -98,15 +98,9 @@ impl EventFabric for ClusterFabric {
                 let status = answer.status.as_deref().and_then(ProgressStatus::parse);
                 Ok(TrackerPosted { seq: answer.seq, status })
             }
-            // Finished, or gone, between this node's read and the owner's.
-            404 => Err(shoal_raft::Rejection::ProgressNotFound.into()),
-            409 => Err(shoal_raft::Rejection::ProgressFinished.into()),
-            503 => Err(FabricError::OwnerUnreachable(format!("{path} answered 503"))),
-            other => Err(StoreError::Failed(format!(
-                "the tracker's owner answered {other}: {}",
-                String::from_utf8_lossy(&answer)
-            ))
-            .into()),
+            // The owner's refusal (finished meanwhile, taken over, its own limits, no
+            // leader where it is), passed on as it answered it.
+            status => Err(FabricError::Owner { status, body: answer }),
         }
     }
 

@@ -40,6 +40,9 @@ pub enum FabricError {
     /// The node that runs it did not answer.
     #[error("the node that runs it did not answer: {0}")]
     OwnerUnreachable(String),
+    /// The node that runs it refused the request: its answer, to pass on as it is.
+    #[error("the node that runs it answered {status}")]
+    Owner { status: u16, body: Vec<u8> },
 }
 
 impl From<shoal_raft::Rejection> for FabricError {

@@ -52,10 +52,21 @@ pub enum Unavailable {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 impl StoreError {
-    /// Returns whether the same request may succeed if made again shortly. A write that
-    /// arrived too late is not: whether it applied must be read first.
+    /// Returns whether the same request, made again here shortly, may succeed: the
+    /// cluster is between leaders or slow, or Redis is away. Not a node cut off from the
+    /// quorum (it fails fast, and clients go to another node), nor a write that arrived
+    /// too late (whether it applied must be read first).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(unavailable) if *unavailable != Unavailable::TooLate)
+        matches!(
+            self,
+            StoreError::Unavailable(
+                Unavailable::NoLeader
+                    | Unavailable::NotLeader { .. }
+                    | Unavailable::Unreachable(_)
+                    | Unavailable::Timeout(_)
+                    | Unavailable::Redis(_)
+            )
+        )
     }
 }
 
