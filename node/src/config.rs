@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 pub use edge::{Edge, EdgeArgs};
+pub use resp::{RespArgs, RespConfig, MAX_WRITE_BYTES};
 pub use serve::ServeArgs;
 
 mod edge;
+mod resp;
 mod serve;
 
 /// shoal: a horizontally scalable backend for sessions, live search progress and
@@ -118,6 +120,11 @@ pub struct Config {
     pub searches: SearchConfig,
     /// The storage engine of the data dir.
     pub storage: StorageConfig,
+    /// The Redis protocol endpoint; `None`: off.
+    pub resp: Option<RespConfig>,
+    /// The prefix of the classic key and channel names (`--redis-prefix`, `bidiq`):
+    /// `{prefix}:progress:{id}:events` carries a search's events in every mode.
+    pub key_prefix: String,
 }
 
 /// Raft's timings and snapshot policy (settings, so that tests run a cluster fast).

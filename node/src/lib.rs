@@ -21,6 +21,7 @@ mod leave;
 mod metrics;
 mod node;
 pub mod reports;
+pub mod resp;
 pub mod search;
 pub mod sse;
 pub mod store;

@@ -21,6 +21,9 @@ use crate::{unix_millis, ClusterError, Raft, Result};
 
 /// The most commands in one entry.
 const MAX_BATCH: usize = 256;
+/// The most payload bytes (as [`command_bytes`] counts them) in one batch: an entry
+/// stays small enough that an append of many is still a reasonable request.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Batches being committed at once.
 const MAX_IN_FLIGHT: usize = 2;
 
@@ -31,18 +34,37 @@ pub(crate) struct Pending {
 }
 
 /// Returns the record `command` changes, if it may share an entry with others.
-pub(crate) fn batch_key(command: &Command) -> Option<(u8, &str)> {
+pub(crate) fn batch_key(command: &Command) -> Option<(u8, &[u8])> {
     match command {
         Command::CreateSession { id, .. }
         | Command::UpdateSession { id, .. }
-        | Command::DeleteSession { id, .. } => Some((0, id)),
+        | Command::DeleteSession { id, .. } => Some((0, id.as_bytes())),
+        Command::Kv(command) => command.single_key().map(|key| (2, key)),
         Command::Once { command, .. } => batch_key(command),
         Command::Progress(
             ProgressCommand::Create { id, .. }
             | ProgressCommand::Update { id, .. }
             | ProgressCommand::Takeover { id, .. },
-        ) => Some((1, id)),
+        ) => Some((1, id.as_bytes())),
         _ => None,
+    }
+}
+
+/// Returns about how many bytes `command` carries (its data and values).
+pub(crate) fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::CreateSession { id, data, .. } => id.len() + data.len(),
+        Command::UpdateSession { id, change, .. } => {
+            id.len()
+                + match change {
+                    crate::types::SessionChange::Replace(data)
+                    | crate::types::SessionChange::MergePatch(data) => data.len(),
+                }
+        }
+        Command::Once { command, .. } => command_bytes(command),
+        Command::Kv(command) => command.payload_bytes(),
+        Command::Batch(commands) => commands.iter().map(command_bytes).sum(),
+        _ => 64,
     }
 }
 
@@ -112,11 +134,21 @@ pub(crate) async fn run(
 ) {
     let mut gatherer = Gatherer::new();
     loop {
-        let mut keys: HashSet<(u8, String)> = HashSet::new();
-        // Commands on a record already in the batch wait for the next one.
+        let mut keys: HashSet<(u8, Vec<u8>)> = HashSet::new();
+        let mut bytes = 0;
+        // Commands on a record already in the batch wait for the next one, and so do
+        // those past the batch's size (the first always goes).
         let joins = |pending: &Pending| {
-            let key = batch_key(&pending.command).map(|(kind, id)| (kind, id.to_string()));
-            key.is_none_or(|key| keys.insert(key))
+            let size = command_bytes(&pending.command);
+            if bytes > 0 && bytes + size > MAX_BATCH_BYTES {
+                return false;
+            }
+            let key = batch_key(&pending.command).map(|(kind, id)| (kind, id.to_vec()));
+            let joins = key.is_none_or(|key| keys.insert(key));
+            if joins {
+                bytes += size.max(1);
+            }
+            joins
         };
         let Some((batch, permit)) = gatherer.next(&mut queue, joins).await else { return };
         let raft = raft.clone();
@@ -173,10 +205,17 @@ pub(crate) async fn run_forwards(
 ) {
     let mut gatherer = Gatherer::new();
     loop {
-        let mut leader = None;
-        // One request goes to one leader: a command for another waits for the next one.
-        let joins =
-            |forward: &Forward| leader.get_or_insert_with(|| forward.addr.clone()) == &forward.addr;
+        let (mut leader, mut bytes) = (None, 0);
+        // One request goes to one leader: a command for another waits for the next one,
+        // and so does one past the request's size (the first always goes).
+        let joins = |forward: &Forward| {
+            let size = command_bytes(&forward.pending.command);
+            if bytes > 0 && bytes + size > MAX_BATCH_BYTES {
+                return false;
+            }
+            bytes += size.max(1);
+            leader.get_or_insert_with(|| forward.addr.clone()) == &forward.addr
+        };
         let Some((batch, permit)) = gatherer.next(&mut queue, joins).await else { return };
         let (addr, leader_id) = (batch[0].addr.clone(), batch[0].leader_id);
         let batch: Vec<Pending> = batch.into_iter().map(|forward| forward.pending).collect();
@@ -226,7 +265,7 @@ mod tests {
     #[test]
     fn only_single_record_commands_are_batched() {
         let create = Command::CreateSession { id: "a".into(), data: "{}".into(), ttl_ms: 1 };
-        assert_eq!(batch_key(&create), Some((0, "a")));
+        assert_eq!(batch_key(&create), Some((0, &b"a"[..])));
         assert_eq!(batch_key(&Command::Expire), None);
         assert_eq!(batch_key(&Command::Touch { ids: vec!["a".into()] }), None);
     }

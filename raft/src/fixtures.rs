@@ -38,6 +38,7 @@ use crate::types::{
     Command, Entry, Node, NodeId, Rejection, Request, Response, SessionChange, SessionRecord,
     TypeConfig,
 };
+use crate::types::{ExpireCondition, KvCommand, KvRecord, KvReply, SetCondition, Ttl};
 use crate::types::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 
 fn sample<T: Serialize + DeserializeOwned + 'static>(name: &str, value: T) -> Sample {
@@ -214,6 +215,39 @@ fn commands() -> Vec<(&'static str, Command)> {
                 command: Box::new(Command::CreateSession { id, data: "{}".into(), ttl_ms: 60_000 }),
             },
         ),
+        (
+            "kv-set",
+            Command::Kv(KvCommand::Set {
+                key: b"session:ab\xff".to_vec(),
+                value: b"\x80\x04pickled".to_vec(),
+                ttl: Ttl::In(60_000),
+                condition: SetCondition::IfAbsent,
+                get: true,
+            }),
+        ),
+        (
+            "kv-set-many",
+            Command::Kv(KvCommand::SetMany {
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())],
+                only_new: true,
+            }),
+        ),
+        ("kv-delete", Command::Kv(KvCommand::Delete { keys: vec![b"a".to_vec(), b"b".to_vec()] })),
+        ("kv-take", Command::Kv(KvCommand::Take { key: b"a".to_vec() })),
+        (
+            "kv-expire",
+            Command::Kv(KvCommand::Expire {
+                key: b"a".to_vec(),
+                ttl: Ttl::At(1_764_741_700_000),
+                condition: ExpireCondition::IfLater,
+                get: false,
+            }),
+        ),
+        ("kv-incr-by", Command::Kv(KvCommand::IncrBy { key: b"n".to_vec(), by: -3 })),
+        (
+            "kv-append",
+            Command::Kv(KvCommand::Append { key: b"log".to_vec(), value: b"line".to_vec() }),
+        ),
     ]
 }
 
@@ -231,6 +265,8 @@ fn rejections() -> Vec<(&'static str, Rejection)> {
         ("unknown-part", Rejection::UnknownPart),
         ("blob-not-pending", Rejection::BlobNotPending),
         ("request-expired", Rejection::RequestExpired),
+        ("not-an-integer", Rejection::NotAnInteger),
+        ("overflow", Rejection::Overflow),
     ]
 }
 
@@ -245,6 +281,13 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("progress", Response::Progress { id, record: progress_record() }),
         ("rejected", Response::Rejected(Rejection::VersionMismatch { current: 2 })),
         ("batch", Response::Batch(vec![Response::Deleted, Response::Count(1)])),
+        (
+            "kv-written",
+            Response::Kv(KvReply::Written { written: true, previous: Some(b"old".to_vec()) }),
+        ),
+        ("kv-count", Response::Kv(KvReply::Count(2))),
+        ("kv-value", Response::Kv(KvReply::Value(Some(b"v".to_vec())))),
+        ("kv-integer", Response::Kv(KvReply::Integer(-3))),
     ]
 }
 
@@ -314,6 +357,16 @@ fn samples() -> Vec<Sample> {
     all.push(sample("record/last-applied", Some(log_id(3, 121))));
     all.push(sample("record/membership", stored_membership()));
     all.push(sample("record/num-sessions", 42_u64));
+    all.push(sample("record/num-kv", 7_u64));
+    all.push(sample("record/clock", 1_764_741_600_123_u64));
+    all.push(sample(
+        "record/kv",
+        KvRecord { value: b"\x00binary".to_vec(), expires_at_ms: Some(1_764_745_200_000) },
+    ));
+    all.push(sample(
+        "record/kv-persistent",
+        KvRecord { value: b"v".to_vec(), expires_at_ms: None },
+    ));
 
     // Snapshots: the kept snapshot (meta, and pairs while installing) and its data.
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
@@ -377,10 +430,11 @@ fn samples() -> Vec<Sample> {
     for (name, command) in commands() {
         all.push(sample(&format!("rpc/forward-{name}"), command));
     }
-    all.push(sample(
-        "rpc/forward-batch-request",
-        commands().into_iter().map(|(_, c)| c).collect::<Vec<_>>(),
-    ));
+    // The commands of release 0.1.0's first fixture; later kinds have their own.
+    let first_kinds = commands().into_iter().filter(|(name, _)| !name.starts_with("kv-"));
+    all.push(sample("rpc/forward-batch-request", first_kinds.map(|(_, c)| c).collect::<Vec<_>>()));
+    let kv_kinds = commands().into_iter().filter(|(name, _)| name.starts_with("kv-"));
+    all.push(sample("rpc/forward-batch-request-kv", kv_kinds.map(|(_, c)| c).collect::<Vec<_>>()));
     for (name, response) in responses() {
         let answer: crate::Result<Response> = Ok(response);
         all.push(sample(&format!("rpc/forward-answer-{name}"), answer));

@@ -42,6 +42,31 @@ pub fn blob_chunk(id: &str, index: u32) -> Vec<u8> {
     [blob_chunk_prefix(id).as_slice(), &index.to_be_bytes()].concat()
 }
 
+/// `k/{sha256(key)[..8]}{key}` → [`crate::KvRecord`]: plain keys (the Redis protocol
+/// endpoint), ordered by a hash of the key so that a `SCAN` cursor is a number.
+pub const KV_PREFIX: &[u8] = b"k/";
+/// The bytes of a kv key after [`KV_PREFIX`] that come before the key: its hash.
+pub const KV_HASH_BYTES: usize = 8;
+/// The kind byte of a plain key in the expiry index; its id is the key's bytes after
+/// [`KV_PREFIX`].
+pub const EXPIRY_KIND_KV: u8 = b'k';
+/// `c/clock` → the largest leader clock (Unix ms) of an applied command: what the state
+/// machine's reads of plain keys take as "now", so that every replica at the same applied
+/// index answers the same (part of snapshot data, unlike `m/`).
+pub const CLOCK: &[u8] = b"c/clock";
+pub const NUM_KV: &[u8] = b"m/num_kv";
+
+/// Returns the tree key of plain key `key`.
+pub fn kv(key: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(key);
+    let mut stored = Vec::with_capacity(KV_PREFIX.len() + KV_HASH_BYTES + key.len());
+    stored.extend_from_slice(KV_PREFIX);
+    stored.extend_from_slice(&hash[..KV_HASH_BYTES]);
+    stored.extend_from_slice(key);
+    stored
+}
+
 /// The kind byte of a progress record in the expiry index.
 pub const EXPIRY_KIND_PROGRESS: u8 = b'p';
 
@@ -68,23 +93,38 @@ pub fn session(id: &str) -> Vec<u8> {
 
 /// Returns the expiry-index key of the entry `id` of `kind` due at `deadline_ms`.
 pub fn expiry(deadline_ms: u64, kind: u8, id: &str) -> Vec<u8> {
+    expiry_raw(deadline_ms, kind, id.as_bytes())
+}
+
+/// Returns the expiry-index key of plain key `stored` (a [`kv`] key) due at `deadline_ms`.
+pub fn kv_expiry(deadline_ms: u64, stored: &[u8]) -> Vec<u8> {
+    expiry_raw(deadline_ms, EXPIRY_KIND_KV, stored.strip_prefix(KV_PREFIX).unwrap_or(stored))
+}
+
+fn expiry_raw(deadline_ms: u64, kind: u8, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(EXPIRY_PREFIX.len() + 9 + id.len());
     key.extend_from_slice(EXPIRY_PREFIX);
     key.extend_from_slice(&deadline_ms.to_be_bytes());
     key.push(kind);
-    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(id);
     key
 }
 
-/// Splits an expiry-index key into its deadline, kind and id.
+/// Splits an expiry-index key into its deadline, kind and id (UTF-8 ids only: sessions,
+/// progress records, blobs).
 pub fn parse_expiry(key: &[u8]) -> Option<(u64, u8, &str)> {
+    let (deadline_ms, kind, id) = parse_expiry_raw(key)?;
+    Some((deadline_ms, kind, std::str::from_utf8(id).ok()?))
+}
+
+/// Splits an expiry-index key into its deadline, kind and the id's bytes.
+pub fn parse_expiry_raw(key: &[u8]) -> Option<(u64, u8, &[u8])> {
     let rest = key.strip_prefix(EXPIRY_PREFIX)?;
     if rest.len() < 9 {
         return None;
     }
     let deadline_ms = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    let id = std::str::from_utf8(&rest[9..]).ok()?;
-    Some((deadline_ms, rest[8], id))
+    Some((deadline_ms, rest[8], &rest[9..]))
 }
 
 #[cfg(test)]

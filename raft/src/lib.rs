@@ -15,6 +15,7 @@ mod fixtures;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod keys;
+mod kv;
 mod lease;
 mod maintenance;
 mod merge_patch;
@@ -30,12 +31,15 @@ pub use blob_store::{ClusterBlobStore, CHUNK_BYTES};
 pub use clock::unix_millis;
 pub use cluster::{Cluster, ClusterOptions, ClusterStatus, MembershipChange};
 pub use error::{ClusterError, Result};
+pub use keys::KV_HASH_BYTES;
+pub use kv::parse_integer;
 pub use maintenance::{spawn_maintenance, Toucher};
 pub use network::{CallError, InternalClient};
 pub use progress::transition;
-pub use state_machine::{StateMachineStore, StateReader};
+pub use state_machine::{Namespace, ScanPage, StateMachineStore, StateReader, POSITION_BYTES};
 pub use types::{
-    BlobCommand, BlobMeta, BlobRecord, Command, Entry, Node, NodeId, PartState, ProgressCommand,
-    ProgressRecord, ProgressStatus, ProgressUpdate, Raft, Rejection, Request, RequestKey, Response,
-    SessionChange, SessionRecord, TypeConfig,
+    BlobCommand, BlobMeta, BlobRecord, Command, Entry, ExpireCondition, KvCommand, KvRecord,
+    KvReply, Node, NodeId, PartState, ProgressCommand, ProgressRecord, ProgressStatus,
+    ProgressUpdate, Raft, Rejection, Request, RequestKey, Response, SessionChange, SessionRecord,
+    SetCondition, Ttl, TypeConfig,
 };

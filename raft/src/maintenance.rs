@@ -15,6 +15,11 @@ use crate::{unix_millis, Cluster};
 /// tick (their sessions then slide a second later, at the next read).
 const MAX_PENDING_TOUCHES: usize = 100_000;
 
+/// How often the leader looks for something due to expire: a plain key with `PX 100`
+/// goes about this long (plus a commit) after its deadline, as a Redis user expects,
+/// while looking costs one read of the expiry index's first entry.
+const EXPIRY_CHECK: Duration = Duration::from_millis(25);
+
 /// Collects the ids of sessions read on this node until the next `Touch` proposal.
 #[derive(Debug, Clone, Default)]
 pub struct Toucher {
@@ -43,9 +48,9 @@ impl Toucher {
     }
 }
 
-/// Starts the maintenance loop: every `interval`, the leader proposes `Expire` when
-/// something is due, and every node proposes one `Touch` for the sessions read since the
-/// last tick. Stops when `shutdown` turns true.
+/// Starts the maintenance loop: every [`EXPIRY_CHECK`] the leader proposes `Expire` when
+/// something is due, and every `interval` every node proposes one `Touch` for the
+/// sessions read since the last tick. Stops when `shutdown` turns true.
 pub fn spawn_maintenance(
     cluster: Cluster,
     toucher: Toucher,
@@ -55,12 +60,18 @@ pub fn spawn_maintenance(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(EXPIRY_CHECK.min(interval));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
+            let full_tick = tokio::select! {
+                _ = ticker.tick() => true,
+                _ = expiry.tick() => false,
                 _ = shutdown.wait_for(|stop| *stop) => return,
-            }
+            };
             expire_due(&cluster).await;
+            if !full_tick {
+                continue;
+            }
             cluster.snapshot_if_log_grew().await;
             let ids = toucher.take();
             if !ids.is_empty() {

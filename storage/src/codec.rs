@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{Result, StorageError};
 
 /// The highest format level this build reads.
-pub const READ_LEVEL: u8 = 1;
+pub const READ_LEVEL: u8 = 2;
 
 /// The format level this build writes: at most the `READ_LEVEL` of the release before,
 /// so that a cluster in the middle of an upgrade reads everything its members write.

@@ -22,6 +22,7 @@ pub mod nemesis;
 pub mod netns;
 pub mod random;
 pub mod register;
+pub mod resp;
 pub mod robustness;
 mod servers;
 pub mod system;

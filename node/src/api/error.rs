@@ -77,7 +77,9 @@ impl From<Rejection> for ApiError {
             Rejection::StaleAttempt { .. } => {
                 Self::new(StatusCode::CONFLICT, "stale_attempt", message)
             }
-            Rejection::UnknownPart => Self::unprocessable(message),
+            Rejection::UnknownPart | Rejection::NotAnInteger | Rejection::Overflow => {
+                Self::unprocessable(message)
+            }
             Rejection::BlobNotPending => {
                 Self::new(StatusCode::CONFLICT, "blob_not_pending", message)
             }

@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::fabric::relay::Frame;
 use crate::fabric::tracker_events::{self, Effect, TrackerEvent};
+use crate::resp::pubsub::PUBLISH_PATH;
 use crate::sse::follow::{follow, Followed};
 
 /// The path of the owner's event stream of a search or tracker.
@@ -43,6 +44,10 @@ const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_FORWARDED_COMMANDS: u64 = 256;
 /// Room around one command's session data or report chunk.
 const COMMAND_OVERHEAD_BYTES: u64 = 320 * 1024;
+/// Messages published on another node arrive in batches of at most this much (a single
+/// message may be larger: `--resp-max-bulk-bytes` bounds it, and this is the most it
+/// may be set to).
+const MAX_PUBLISH_BYTES: u64 = 64 * 1024 * 1024;
 /// Everything else is small: votes, read indexes, membership changes, search parameters.
 const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
@@ -69,13 +74,16 @@ impl InternalGate {
 
     /// Returns the largest body a request to the route `route` may declare.
     fn body_limit(&self, route: &str) -> u64 {
-        let command = self.max_session_bytes.saturating_add(COMMAND_OVERHEAD_BYTES);
+        // A command carries a session's data or a Redis client's keys and values.
+        let payload = self.max_session_bytes.max(crate::config::MAX_WRITE_BYTES as u64);
+        let command = payload.saturating_add(COMMAND_OVERHEAD_BYTES);
         match route {
             APPEND_PATH => MAX_APPEND_BYTES,
             SNAPSHOT_PATH => MAX_SNAPSHOT_CHUNK_BYTES,
             FORWARD_PATH => command,
             FORWARD_BATCH_PATH => command.saturating_mul(MAX_FORWARDED_COMMANDS),
             TRACKER_EVENT_PATH => command,
+            PUBLISH_PATH => MAX_PUBLISH_BYTES,
             _ => SMALL_BODY_BYTES,
         }
     }
@@ -105,6 +113,7 @@ pub fn routes(gate: Arc<InternalGate>) -> Router<AppState> {
         .route(CANCEL_PATH, post(cancel))
         .route(TRACKER_EVENT_PATH, post(tracker_event))
         .route(super::searches::START_PATH, post(start_search))
+        .route(PUBLISH_PATH, post(resp_publish))
         .route_layer(axum::middleware::from_fn_with_state(gate, authenticate))
         // The gate has bounded the body by the route's own limit already.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -377,6 +386,15 @@ async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Response
         StatusCode::ACCEPTED.into_response()
     } else {
         ApiError::not_found("not_found", "this node does not run that search").into_response()
+    }
+}
+
+/// Delivers Redis protocol messages published on another node to this node's
+/// subscribers; answers how many received each.
+async fn resp_publish(State(app): State<AppState>, body: Bytes) -> Response {
+    match decode::<Vec<(Vec<u8>, Vec<u8>)>>(&body) {
+        Ok(messages) => encoded(&crate::resp::pubsub::deliver_from_peer(&app.bus, messages)),
+        Err(response) => response,
     }
 }
 

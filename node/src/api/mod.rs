@@ -65,6 +65,8 @@ pub struct NodeContext {
     /// before (it cannot know which nonces it saw then).
     pub started_ms: u64,
     pub gossip: Arc<Gossip>,
+    /// This node's Redis protocol subscribers, which other nodes publish to.
+    pub bus: Arc<crate::resp::pubsub::LocalBus>,
 }
 
 /// Cheaply clonable handle on the [`NodeContext`].

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{
     invalid, Config, ConfigError, EdgeArgs, LogFormat, MembershipConfig, RaftConfig, RedisConfig,
-    S3Config, SearchConfig, StorageConfig, StorageEngine, MAX_SESSION_TTL_SECS,
+    RespArgs, S3Config, SearchConfig, StorageConfig, StorageEngine, MAX_SESSION_TTL_SECS,
 };
 
 /// Flags of `shoal serve`.
@@ -249,10 +249,13 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub edge: EdgeArgs,
+
+    #[command(flatten)]
+    pub resp: RespArgs,
 }
 
 /// Returns a secret given directly, or read (trimmed) from the file of `file_flag`.
-fn secret_value(
+pub(super) fn secret_value(
     value: Option<String>,
     file: Option<PathBuf>,
     file_flag: &'static str,
@@ -373,6 +376,14 @@ impl ServeArgs {
                 "use at least 16 characters (e.g. `openssl rand -hex 32`)",
             ));
         }
+        let key_prefix = self.redis_prefix.trim().trim_end_matches(':').to_string();
+        if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+            return Err(invalid("redis-prefix", "use a word such as `bidiq`"));
+        }
+        let resp = self.resp.into_config(
+            &self.redis_prefix,
+            self.redis_url.as_ref().is_some_and(|url| !url.trim().is_empty()),
+        )?;
         let redis = match self.redis_url.filter(|url| !url.trim().is_empty()) {
             None => None,
             Some(url) => {
@@ -442,6 +453,8 @@ impl ServeArgs {
             redis,
             s3,
             edge: self.edge.into_edge()?,
+            resp,
+            key_prefix,
             raft: RaftConfig {
                 heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
                 election_timeout: Duration::from_millis(self.election_timeout_ms),

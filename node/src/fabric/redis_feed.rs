@@ -42,6 +42,24 @@ pub struct Message {
     pub data: Value,
 }
 
+impl Message {
+    /// Returns the message of `event` of search or tracker `id`.
+    pub fn of(id: &str, event: &ProgressEvent) -> Self {
+        Message {
+            id: id.to_string(),
+            attempt: event.attempt,
+            seq: event.seq,
+            event: event.kind.as_str().to_string(),
+            data: event.data.clone(),
+        }
+    }
+
+    /// Returns the message as published: JSON.
+    pub fn payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("messages serialize")
+    }
+}
+
 /// The Redis side of the hub.
 #[derive(Debug)]
 pub struct RedisFeed {
@@ -199,17 +217,7 @@ async fn publish(
     while events.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let messages: Vec<(String, Vec<u8>)> = batch
             .drain(..)
-            .map(|(id, event)| {
-                let message = Message {
-                    id: id.to_string(),
-                    attempt: event.attempt,
-                    seq: event.seq,
-                    event: event.kind.as_str().to_string(),
-                    data: event.data.clone(),
-                };
-                let payload = serde_json::to_vec(&message).expect("messages serialize");
-                (state.keys.events_channel(&id), payload)
-            })
+            .map(|(id, event)| (state.keys.events_channel(&id), Message::of(&id, &event).payload()))
             .collect();
         match state.redis.publish(&messages).await {
             Ok(()) => failing = false,

@@ -27,6 +27,11 @@ pub const KEY_READY: &str = "ready";
 pub const KEY_LOAD: &str = "load";
 /// The member a node rejoins in place of, after `shoal reset-replica` (empty otherwise).
 pub const KEY_REPLACES: &str = "replaces";
+/// "1" when the node serves the Redis protocol.
+pub const KEY_RESP: &str = crate::resp::pubsub::KEY_RESP;
+/// The format level the node reads: writes of a newer kind wait until every member
+/// reads it (see docs/formats.md).
+pub const KEY_READ_LEVEL: &str = "read_level";
 
 /// The Raft state a node gossips before it belongs to a cluster.
 pub const RAFT_UNINITIALIZED: &str = "uninitialized";
@@ -62,6 +67,11 @@ pub struct Member {
     /// The member this node rejoins in place of (see [`KEY_REPLACES`]).
     pub replaces: Option<NodeId>,
     pub alive: bool,
+    /// Serves the Redis protocol (`--resp-listen`): pub/sub messages go there.
+    pub resp: bool,
+    /// The format level the node reads (`shoal_storage::codec::READ_LEVEL`); 1 when it
+    /// does not say (builds before the key).
+    pub read_level: u8,
     /// The gossip generation: the node's start time, so a restart is a new generation.
     pub generation: u64,
 }
@@ -143,6 +153,11 @@ impl Gossip {
                         load: state.get(KEY_LOAD).and_then(|load| load.parse().ok()).unwrap_or(0),
                         replaces: state.get(KEY_REPLACES).and_then(|id| id.parse().ok()),
                         alive: live.contains(id),
+                        resp: state.get(KEY_RESP) == Some("1"),
+                        read_level: state
+                            .get(KEY_READ_LEVEL)
+                            .and_then(|level| level.parse().ok())
+                            .unwrap_or(1),
                         generation: id.generation_id,
                     };
                     let keep = newest

@@ -35,6 +35,7 @@ use crate::gossip::{
 use crate::jobs::{self, PncpClient, SearchSettings, Searches, Sources, WorkerPool};
 use crate::leave::Leave;
 use crate::reports::{DownloadSigner, Reports, S3Reports};
+use crate::resp;
 use crate::sse::Hub;
 use crate::store::{ClusterStore, RedisKeys, RedisStore, Store};
 
@@ -86,15 +87,44 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
             background.extend(sweep);
             Arc::new(reports)
         })?;
+    let gossip = start_gossip(&config, &identity, &cluster, &secret, started_ms).await?;
+    let bus = Arc::new(resp::pubsub::LocalBus::default());
+    let pubsub = Arc::new(resp::pubsub::PubSub::new(
+        bus.clone(),
+        identity.node_id,
+        cluster.client().clone(),
+        gossip.clone(),
+    ));
     let hub = Arc::new(match &backend.feed {
         Some(feed) => Hub::with_sink(feed.sink()),
-        None => Hub::default(),
+        // Redis clients of any node see this node's events on the classic channels.
+        None => Hub::with_sink(resp::classic_events(
+            pubsub.clone(),
+            resp::Classic::new(&config.key_prefix),
+        )),
     });
     let searches = searches(&config.searches, &backend.store, identity.node_id, &hub, &reports)?;
     if let (Some(feed), Some(messages)) = (&backend.feed, backend.messages) {
         feed.serve(hub.clone(), searches.clone(), messages).await?;
     }
-    let gossip = start_gossip(&config, &identity, &cluster, &secret, started_ms).await?;
+    if let Some(resp_config) = &config.resp {
+        let listener = resp::bind(resp_config).await?;
+        let addr = listener.local_addr()?;
+        let resp = Arc::new(resp::Resp::new(
+            resp_config.clone(),
+            cluster.clone(),
+            pubsub.clone(),
+            identity.instance_id.clone(),
+            addr.port(),
+        ));
+        tracing::info!(%addr, "serving the Redis protocol (RESP)");
+        background.push(tokio::spawn(resp::watch_format_levels(
+            resp.clone(),
+            gossip.clone(),
+            stop_maintenance.subscribe(),
+        )));
+        background.push(tokio::spawn(resp::serve(listener, resp, stop_maintenance.subscribe())));
+    }
     let loops = Loops { cluster: &cluster, gossip: &gossip, searches: &searches, hub: &hub };
     background.extend(loops.spawn(
         &config,
@@ -133,6 +163,7 @@ pub(super) async fn start(mut config: Config) -> anyhow::Result<Node> {
         secret,
         started_ms,
         gossip: gossip.clone(),
+        bus,
     }));
     let services = Services { state, engine, background, gossip, stop_maintenance, _slot: slot };
     Ok(Node { listener, http, services, leave })
@@ -483,6 +514,8 @@ async fn start_gossip(
             KEY_REPLACES.to_string(),
             identity.replaces.map_or_else(String::new, |old| old.to_string()),
         ),
+        (gossip::KEY_READ_LEVEL.to_string(), shoal_storage::codec::READ_LEVEL.to_string()),
+        (gossip::KEY_RESP.to_string(), if config.resp.is_some() { "1" } else { "0" }.to_string()),
     ];
     Ok(Arc::new(Gossip::start(settings, keys).await?))
 }

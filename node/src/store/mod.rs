@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use cluster::ClusterStore;
 pub use error::{Result, StoreError, Unavailable};
+pub(crate) use redis::encode_session;
 pub use redis::{RedisKeys, RedisStore};
 use shoal_raft::{NodeId, ProgressRecord, ProgressUpdate, SessionChange, SessionRecord};
 

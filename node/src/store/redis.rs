@@ -72,7 +72,8 @@ struct StoredSession {
     created_at_ms: u64,
 }
 
-fn encode_session(record: &SessionRecord) -> Result<Vec<u8>> {
+/// Returns the JSON `session:{id}` holds in Redis mode (and shows over RESP in cluster mode).
+pub(crate) fn encode_session(record: &SessionRecord) -> Result<Vec<u8>> {
     let data = RawValue::from_string(record.data.clone())
         .map_err(|error| StoreError::Failed(format!("session data: {error}")))?;
     let stored = StoredSession {

@@ -29,6 +29,9 @@ pub use status::ClusterStatus;
 /// How many times a write follows the leader to another node before it gives up.
 const MAX_LEADER_HOPS: usize = 3;
 
+/// The most entries in one append request.
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
 /// The log growth that asks for a snapshot (see [`Cluster::snapshot_if_log_grew`]).
 pub const SNAPSHOT_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -116,6 +119,9 @@ impl Cluster {
             election_timeout_max: millis(election_max),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_after_logs),
             max_in_snapshot_log_to_keep: options.logs_kept_after_snapshot,
+            // Entries are at most about a MiB (a batch's bound, or one large value): an
+            // append of this many stays within what a node takes in one request.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()

@@ -1,5 +1,5 @@
 //! `Expire`: everything whose deadline is at or before the leader's clock goes, by the
-//! expiry index (sessions, progress records, blobs), and so do expired write answers.
+//! expiry index (sessions, progress records, blobs, plain keys), and so do expired write answers.
 
 use std::ops::Bound;
 
@@ -8,7 +8,7 @@ use shoal_storage::Tree;
 use super::reader::read_session;
 use super::Change;
 use crate::types::Response;
-use crate::{blob, keys, once, progress};
+use crate::{blob, keys, kv, once, progress};
 
 /// Deletes what expired at `now_ms`; answers how many records went.
 pub(super) fn expire(
@@ -21,6 +21,19 @@ pub(super) fn expire(
     let due = state.range(Bound::Included(keys::EXPIRY_PREFIX), Bound::Excluded(&end));
     for pair in due {
         let (key, _) = pair?;
+        if let Some((deadline_ms, keys::EXPIRY_KIND_KV, suffix)) = keys::parse_expiry_raw(&key) {
+            let stored = [keys::KV_PREFIX, suffix].concat();
+            match kv::read_stored(state, &stored)? {
+                Some(record) if record.expires_at_ms == Some(deadline_ms) => {
+                    change.batch.delete(stored);
+                    change.kv_delta -= 1;
+                    expired += 1;
+                }
+                _ => {}
+            }
+            change.batch.delete(key.clone());
+            continue;
+        }
         let Some((deadline_ms, kind, id)) = keys::parse_expiry(&key) else {
             continue;
         };

@@ -32,9 +32,9 @@ use tokio::sync::watch;
 use crate::blob;
 use crate::progress;
 use crate::types::{Command, Entry, Node, NodeId, Request, Response, SessionRecord, TypeConfig};
-use crate::{keys, once};
+use crate::{keys, kv, once};
 
-pub use reader::StateReader;
+pub use reader::{Namespace, ScanPage, StateReader, POSITION_BYTES};
 pub use snapshot::SnapshotBuilder;
 pub(crate) use snapshot::StoredSnapshot;
 use snapshot::{raise, snapshot_meta};
@@ -59,6 +59,8 @@ pub struct StateMachineStore {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     num_sessions: Arc<AtomicU64>,
+    /// The number of plain keys and the state's clock (see [`keys::CLOCK`]).
+    kv: Arc<KvCounters>,
     gate: Arc<RwLock<()>>,
     /// The applied index plus one (0: nothing applied).
     applied: watch::Sender<u64>,
@@ -86,6 +88,7 @@ impl StateMachineStore {
             last_applied: None,
             membership: Membership::default(),
             num_sessions: Arc::new(AtomicU64::new(0)),
+            kv: Arc::default(),
             gate: Arc::default(),
             applied: watch::Sender::new(0),
             durable: Arc::new(watch::Sender::new(0)),
@@ -123,6 +126,7 @@ impl StateMachineStore {
         StateReader {
             state: self.state.clone(),
             num_sessions: self.num_sessions.clone(),
+            kv: self.kv.clone(),
             gate: self.gate.clone(),
         }
     }
@@ -167,6 +171,10 @@ impl StateMachineStore {
         let num_sessions: u64 =
             read(state, keys::NUM_SESSIONS, "session count").map_err(read_error)?.unwrap_or(0);
         self.num_sessions.store(num_sessions, Ordering::Relaxed);
+        let num_kv: u64 = read(state, keys::NUM_KV, "kv count").map_err(read_error)?.unwrap_or(0);
+        self.kv.keys.store(num_kv, Ordering::Relaxed);
+        let clock_ms: u64 = read(state, keys::CLOCK, "clock").map_err(read_error)?.unwrap_or(0);
+        self.kv.clock_ms.store(clock_ms, Ordering::Relaxed);
         Ok(())
     }
 
@@ -182,11 +190,18 @@ impl StateMachineStore {
     async fn apply_entry(&mut self, entry: Entry) -> Result<Response, StorageError> {
         let log_id = entry.log_id;
         let mut change = Change::default();
+        let mut clock_ms = None;
         let response = match entry.payload {
             EntryPayload::Blank => Response::Empty,
-            EntryPayload::Normal(request) => self
-                .apply_request(request, &mut change)
-                .map_err(|e| StorageIOError::apply(log_id, &e))?,
+            EntryPayload::Normal(request) => {
+                let now_ms = request.now_ms;
+                if now_ms > self.kv.clock_ms.load(Ordering::Relaxed) {
+                    change.batch.put(keys::CLOCK, codec::encode(&now_ms));
+                    clock_ms = Some(now_ms);
+                }
+                self.apply_request(request, &mut change)
+                    .map_err(|e| StorageIOError::apply(log_id, &e))?
+            }
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(log_id), membership);
                 change.batch.put(keys::MEMBERSHIP, codec::encode(&self.membership));
@@ -202,6 +217,11 @@ impl StateMachineStore {
         } else {
             None
         };
+        let num_kv = (change.kv_delta != 0).then(|| {
+            let count = self.kv.keys.load(Ordering::Relaxed).saturating_add_signed(change.kv_delta);
+            change.batch.put(keys::NUM_KV, codec::encode(&count));
+            count
+        });
         if self.durable_at.elapsed() >= DURABLE_INTERVAL {
             let state = self.state.clone();
             tokio::task::spawn_blocking(move || state.apply_durably(change.batch))
@@ -215,6 +235,12 @@ impl StateMachineStore {
         self.set_last_applied(Some(log_id));
         if let Some(count) = num_sessions {
             self.num_sessions.store(count, Ordering::Relaxed);
+        }
+        if let Some(count) = num_kv {
+            self.kv.keys.store(count, Ordering::Relaxed);
+        }
+        if let Some(clock_ms) = clock_ms {
+            self.kv.clock_ms.store(clock_ms, Ordering::Relaxed);
         }
         Ok(response)
     }
@@ -258,6 +284,9 @@ impl StateMachineStore {
                 progress::apply(state, now_ms, command, &mut change.batch)?
             }
             Command::Blob(command) => blob::apply(state, now_ms, command, &mut change.batch)?,
+            Command::Kv(command) => {
+                kv::apply(state, now_ms, command, &mut change.batch, &mut change.kv_delta)?
+            }
             // The leader batches commands on distinct records only, so each may be applied
             // against the state before the batch, all into this entry's one write.
             Command::Batch(commands) => Response::Batch(
@@ -270,11 +299,21 @@ impl StateMachineStore {
     }
 }
 
+/// What reads of plain keys need besides the tree, kept as each entry applies.
+#[derive(Debug, Default)]
+pub(crate) struct KvCounters {
+    /// How many plain keys are stored (expired ones count until the next expiry).
+    pub keys: AtomicU64,
+    /// The largest leader clock of an applied command (see [`keys::CLOCK`]).
+    pub clock_ms: AtomicU64,
+}
+
 /// The writes of one applied entry.
 #[derive(Default)]
 struct Change {
     batch: WriteBatch,
     session_delta: i64,
+    kv_delta: i64,
 }
 
 impl Change {

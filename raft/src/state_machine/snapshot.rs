@@ -124,16 +124,21 @@ impl StateMachineStore {
         let _replacing = gate.write().unwrap_or_else(PoisonError::into_inner);
         self.state.clear().map_err(write_err)?;
         let mut batch = WriteBatch::new();
-        let mut num_sessions = 0_u64;
+        let (mut num_sessions, mut num_kv, mut clock_ms) = (0_u64, 0_u64, 0_u64);
         for (key, value) in pairs {
             if key.starts_with(keys::SESSION_PREFIX) {
                 num_sessions += 1;
+            } else if key.starts_with(keys::KV_PREFIX) {
+                num_kv += 1;
+            } else if key == keys::CLOCK {
+                clock_ms = codec::decode(&value, "clock").map_err(write_err)?;
             }
             batch.put(key, value);
         }
         batch.put(keys::LAST_APPLIED, codec::encode(&stored.meta.last_log_id));
         batch.put(keys::MEMBERSHIP, codec::encode(&stored.meta.last_membership));
         batch.put(keys::NUM_SESSIONS, codec::encode(&num_sessions));
+        batch.put(keys::NUM_KV, codec::encode(&num_kv));
         self.state.apply(batch).map_err(write_err)?;
         drop(_replacing);
         // Installed: the state holds the data now; keep only the snapshot's metadata.
@@ -151,6 +156,8 @@ impl StateMachineStore {
         self.mark_durable(stored.meta.last_log_id);
         self.membership = stored.meta.last_membership.clone();
         self.num_sessions.store(num_sessions, Ordering::Relaxed);
+        self.kv.keys.store(num_kv, Ordering::Relaxed);
+        self.kv.clock_ms.store(clock_ms, Ordering::Relaxed);
         Ok(())
     }
 }

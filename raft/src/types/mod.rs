@@ -5,9 +5,11 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 mod blob;
+mod kv;
 mod progress;
 
 pub use blob::{BlobCommand, BlobMeta, BlobRecord};
+pub use kv::{ExpireCondition, KvCommand, KvRecord, KvReply, SetCondition, Ttl};
 pub use progress::{PartState, ProgressCommand, ProgressRecord, ProgressStatus, ProgressUpdate};
 
 /// A node's Raft id: `--node-id`, or generated once and kept in the data dir.
@@ -78,6 +80,8 @@ pub enum Command {
     /// application under `key` (see `once.rs`). Refused once the leader's clock is past
     /// `deadline_ms`, after which the key is forgotten.
     Once { key: RequestKey, deadline_ms: u64, command: Box<Command> },
+    /// Changes plain keys (the Redis protocol endpoint). Since format level 2.
+    Kv(KvCommand),
 }
 
 /// The idempotency key of a write: 128 random bits drawn where the write entered the
@@ -132,6 +136,8 @@ pub enum Response {
     Rejected(Rejection),
     /// The answers to the commands of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    /// The answer to a [`Command::Kv`]. Since format level 2.
+    Kv(KvReply),
 }
 
 /// Why the state machine refused a command. Every replica refuses the same way.
@@ -171,4 +177,10 @@ pub enum Rejection {
     /// applied can no longer be told, so this one does not.
     #[error("the write arrived after its deadline")]
     RequestExpired,
+    /// An increment found a value that is not a signed 64-bit decimal. Since format level 2.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// An increment would leave the signed 64-bit range. Since format level 2.
+    #[error("increment or decrement would overflow")]
+    Overflow,
 }
