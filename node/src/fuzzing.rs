@@ -56,3 +56,41 @@ pub fn gossip_datagram(data: &[u8]) {
     tampered[at] ^= 0x20;
     assert!(ours.open(&tampered, &replays, now).is_err(), "a tampered datagram opened");
 }
+
+/// Offers `data` to the RESP request parser twice, whole and one byte at a time (as a
+/// client that trickles bytes sends it), with small limits: both see the same commands
+/// and the same refusal, every argument stays within the limits, and a refusal leaves
+/// nothing half taken that a later call could misread.
+pub fn resp_request(data: &[u8]) {
+    use crate::resp::request::{Limits, Parser};
+    let limits = Limits { max_bulk_bytes: 64, max_args: 8, max_inline_bytes: 128 };
+    let run = |chunk: usize| {
+        let (mut parser, mut buf) = (Parser::new(limits), bytes::BytesMut::new());
+        let mut commands = Vec::new();
+        for piece in data.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(command)) => commands.push(command),
+                    Ok(None) => break,
+                    Err(error) => return (commands, Some(error)),
+                }
+            }
+        }
+        (commands, None)
+    };
+    let (whole, whole_error) = run(data.len());
+    let (trickled, trickled_error) = run(1);
+    for command in &whole {
+        assert!(!command.is_empty() && command.len() <= limits.max_args);
+    }
+    // Inline lines are judged by their length as they grow, so a long one may be refused
+    // byte by byte where whole it was read with its newline: compare only without that.
+    let inline_limit = |error: &Option<crate::resp::request::ProtocolError>| {
+        error.as_ref().is_some_and(|error| error.0.contains("inline"))
+    };
+    if !inline_limit(&whole_error) && !inline_limit(&trickled_error) {
+        assert_eq!(whole, trickled, "whole and byte by byte differ");
+        assert_eq!(whole_error, trickled_error);
+    }
+}

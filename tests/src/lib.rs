@@ -20,6 +20,7 @@ pub mod history;
 pub mod linearizability;
 pub mod nemesis;
 pub mod netns;
+pub mod python;
 pub mod random;
 pub mod register;
 pub mod resp;

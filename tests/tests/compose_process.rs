@@ -90,6 +90,7 @@ impl Compose {
     fn envs(&self) -> Vec<(&'static str, String)> {
         vec![
             ("SHOAL_CLUSTER_SECRET", SECRET.to_string()),
+            ("SHOAL_RESP_PASSWORD", "compose-resp-password".to_string()),
             ("SHOAL_HTTP_PORT", self.port.to_string()),
             ("SHOAL_IMAGE", "shoal:latest".to_string()),
             ("NGINX_IMAGE", "shoal-nginx:offline".to_string()),

@@ -55,6 +55,11 @@ fn auth() {
 }
 
 #[test]
+fn resp_request() {
+    replay("resp_request", shoal_node::fuzzing::resp_request);
+}
+
+#[test]
 fn stream_head() {
     replay("stream_head", shoal_node::fuzzing::stream_head);
 }

@@ -489,7 +489,11 @@ async fn a_cluster_serves_linearizable_keys_and_pubsub_on_every_node() -> anyhow
     // writes are all there once the quorum is back.
     cluster.nodes[1].kill();
     cluster.nodes[2].kill();
-    let mut alone = client(ports[0])?.get_multiplexed_async_connection().await?;
+    // A command waits a few seconds for a leader before it answers TRYAGAIN: a client
+    // that waits longer than redis-rs's default half second sees the answer.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(READY));
+    let mut alone =
+        client(ports[0])?.get_multiplexed_async_connection_with_config(&patient).await?;
     // Within the leader's lease a read may still be served (no other leader can exist
     // until it runs out): it must be the latest value, and soon no read is served.
     let started = std::time::Instant::now();

@@ -28,7 +28,7 @@ pub const KEY_LOAD: &str = "load";
 /// The member a node rejoins in place of, after `shoal reset-replica` (empty otherwise).
 pub const KEY_REPLACES: &str = "replaces";
 /// "1" when the node serves the Redis protocol.
-pub const KEY_RESP: &str = crate::resp::pubsub::KEY_RESP;
+pub const KEY_RESP: &str = "resp";
 /// The format level the node reads: writes of a newer kind wait until every member
 /// reads it (see docs/formats.md).
 pub const KEY_READ_LEVEL: &str = "read_level";

@@ -6,10 +6,10 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::client::{Connection, MAX_AUTH_FAILURES};
 use super::commands::{arity_error, integer};
-use super::connection::Connection;
-use super::protocol::Reply;
 use super::pubsub::Delivery;
+use super::reply::Reply;
 
 /// The Redis version shoal answers as: the commands and replies it serves are Redis 7.2's.
 pub const REDIS_VERSION: &str = "7.2.4";
@@ -170,7 +170,7 @@ fn check_password(connection: &mut Connection, user: &[u8], password: &[u8]) -> 
     }
     connection.auth_failures += 1;
     tracing::warn!(client = connection.id, peer = %connection.peer, "a Redis client gave a wrong password");
-    if connection.auth_failures >= super::connection::MAX_AUTH_FAILURES {
+    if connection.auth_failures >= MAX_AUTH_FAILURES {
         connection.closing = true;
     }
     Err(Reply::error("WRONGPASS invalid username-password pair or user is disabled."))
@@ -286,15 +286,23 @@ fn client(connection: &mut Connection, args: &[Bytes]) -> Reply {
     }
 }
 
+/// The connection as `CLIENT INFO` describes it: Redis 7's fields, all of them, since
+/// clients parse them (redis-py turns each numeric one into an integer). Memory and
+/// buffer fields are 0: shoal does not account them per client.
 fn client_line(connection: &Connection) -> String {
     let text = |value: &Option<Bytes>| {
         value.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned()
     };
     format!(
-        "id={} addr={} name={} db=0 sub={} psub={} resp={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub=0 \
+         multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 \
+         tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         connection.id,
         connection.peer,
+        connection.local,
         text(&connection.name),
+        connection.connected.elapsed().as_secs(),
+        if connection.subscribed() { "P" } else { "N" },
         connection.channels.len(),
         connection.patterns.len(),
         if connection.resp3 { 3 } else { 2 },

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use shoal_raft::{ExpireCondition, KvCommand, SetCondition, Ttl};
 
-use super::protocol::Reply;
+use super::reply::Reply;
 
 /// What a command does, once its arguments are checked.
 #[derive(Debug, Clone, PartialEq)]

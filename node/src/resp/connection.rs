@@ -28,9 +28,11 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::client::Connection;
 use super::commands::{self, Op, Render};
-use super::protocol::{parse_command, Limits, Reply};
 use super::pubsub::{Delivery, Subscriber};
+use super::reply::Reply;
+use super::request::{Limits, Parser};
 use super::{admin, Resp};
 use crate::config::MAX_WRITE_BYTES;
 
@@ -38,34 +40,6 @@ use crate::config::MAX_WRITE_BYTES;
 const MAX_INLINE_BYTES: usize = 64 * 1024;
 /// Commands run as one batch at most.
 const MAX_BATCH: usize = 1024;
-/// Failed `AUTH` attempts before the connection is closed.
-pub(super) const MAX_AUTH_FAILURES: u32 = 5;
-
-/// The state of one connection.
-pub(super) struct Connection {
-    pub resp: Arc<Resp>,
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub resp3: bool,
-    pub authenticated: bool,
-    pub auth_failures: u32,
-    pub name: Option<Bytes>,
-    pub lib_name: Option<Bytes>,
-    pub lib_version: Option<Bytes>,
-    pub subscriber: Subscriber,
-    pub channels: HashSet<Bytes>,
-    pub patterns: HashSet<Bytes>,
-    /// Set by `QUIT`: close once the replies are written.
-    pub closing: bool,
-}
-
-impl Connection {
-    /// Returns whether the connection is in subscriber mode.
-    pub fn subscribed(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty()
-    }
-}
-
 /// Serves one client until it leaves, breaks the protocol, times out or the node stops.
 pub(super) async fn run(
     stream: TcpStream,
@@ -74,6 +48,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let config = resp.config.clone();
+    let local = stream.local_addr().unwrap_or(peer);
     let (mut reader, mut stream) = stream.into_split();
     if resp.clients.fetch_add(1, Ordering::Relaxed) >= config.max_clients {
         let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
@@ -86,6 +61,8 @@ pub(super) async fn run(
         resp: resp.clone(),
         id,
         peer,
+        local,
+        connected: Instant::now(),
         resp3: false,
         authenticated: config.password.is_none(),
         auth_failures: 0,
@@ -97,11 +74,11 @@ pub(super) async fn run(
         patterns: HashSet::new(),
         closing: false,
     };
-    let limits = Limits {
+    let mut parser = Parser::new(Limits {
         max_bulk_bytes: config.max_bulk_bytes,
         max_args: config.max_args,
         max_inline_bytes: MAX_INLINE_BYTES,
-    };
+    });
     let connected = Instant::now();
     let (mut input, mut output) = (BytesMut::with_capacity(16 * 1024), BytesMut::new());
     let mut partial_since: Option<Instant> = None;
@@ -110,7 +87,7 @@ pub(super) async fn run(
         loop {
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH {
-                match parse_command(&mut input, &limits) {
+                match parser.next(&mut input) {
                     Ok(Some(args)) => batch.push(args),
                     Ok(None) => break,
                     Err(error) => {

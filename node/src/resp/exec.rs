@@ -15,7 +15,7 @@ use shoal_raft::{
 use super::classic::{Classic, Native};
 use super::commands::{Read, Render, TtlUnit};
 use super::glob;
-use super::protocol::Reply;
+use super::reply::Reply;
 use crate::store::{StoreError, Unavailable};
 
 /// The key space of the Redis protocol endpoint.
@@ -27,6 +27,12 @@ pub struct Keyspace {
     pub format_ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// How long a command waits for the cluster to have a leader again before it answers
+/// `TRYAGAIN`: a leader change (an election takes about a second) then costs clients a
+/// slow reply, not an error. (redis-py raises `TRYAGAIN` as a plain `ResponseError`,
+/// which its retry settings cannot single out.)
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The namespaces a `SCAN` walks, in cursor order (the top byte of a cursor).
 const NAMESPACES: [Namespace; 3] = [Namespace::Kv, Namespace::Sessions, Namespace::Progress];
 const POSITION_BITS: u32 = 8 * POSITION_BYTES as u32;
@@ -34,7 +40,7 @@ const POSITION_BITS: u32 = 8 * POSITION_BYTES as u32;
 impl Keyspace {
     /// Waits until this node has applied everything committed before the call.
     pub async fn barrier(&self) -> Result<(), Reply> {
-        self.cluster.read_barrier().await.map_err(cluster_error)
+        self.cluster.read_barrier_patiently(PATIENCE).await.map_err(cluster_error)
     }
 
     /// Proposes `command` through Raft and renders its answer.
@@ -48,7 +54,7 @@ impl Keyspace {
         if let Some(refused) = self.refuse_native_write(&command).await {
             return refused;
         }
-        match self.cluster.write(Command::Kv(command)).await {
+        match self.cluster.write_patiently(Command::Kv(command), PATIENCE).await {
             Ok(Response::Kv(reply)) => rendered(reply, render),
             Ok(other) => {
                 tracing::error!(?other, "a kv write got an answer of another kind");
@@ -75,7 +81,7 @@ impl Keyspace {
                 continue;
             }
             let command = Command::DeleteSession { id: id.to_string(), if_version: None };
-            match self.cluster.write(command).await {
+            match self.cluster.write_patiently(command, PATIENCE).await {
                 Ok(_) => deleted += 1,
                 Err(ClusterError::Rejected(Rejection::NotFound)) => {}
                 Err(error) => return cluster_error(error),
@@ -299,11 +305,13 @@ pub fn cluster_error(error: ClusterError) -> Reply {
         StoreError::Unavailable(Unavailable::TooLate) => Reply::error(
             "TRYAGAIN the write reached the leader too late to tell whether it applied; read, then retry",
         ),
-        StoreError::Unavailable(unavailable @ Unavailable::NoQuorum) => Reply::error(format!(
-            "TRYAGAIN {unavailable}; retry on another node (a write may still apply)"
-        )),
+        StoreError::Unavailable(Unavailable::NoQuorum) => Reply::error(
+            "TRYAGAIN this node is cut off from a quorum of the cluster; retry on another node \
+             (a write may still apply)",
+        ),
         StoreError::Unavailable(unavailable) => {
-            Reply::error(format!("TRYAGAIN {unavailable}; retry shortly"))
+            tracing::info!(%unavailable, "a RESP command found no leader to serve it");
+            Reply::error("TRYAGAIN the cluster has no reachable leader right now; retry shortly")
         }
         StoreError::Failed(reason) => {
             tracing::error!(%reason, "a RESP command failed");

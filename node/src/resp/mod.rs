@@ -2,8 +2,8 @@
 //! every node, over the same Raft state as the HTTP API and with its guarantees (DESIGN
 //! §10). Existing Redis clients point `REDIS_URL` at any node.
 //!
-//! - `protocol.rs` reads requests (multibulk and inline, with limits checked from the
-//!   headers) and writes replies; `glob.rs` matches Redis patterns.
+//! - `request.rs` reads requests (multibulk and inline, with limits checked from the
+//!   headers), `reply.rs` writes replies; `glob.rs` matches Redis patterns.
 //! - `connection.rs` runs one client: authentication, timeouts, pipelines (consecutive
 //!   writes to distinct keys commit together), the subscriber mode; `admin.rs` answers
 //!   the connection and server commands (`HELLO`, `CLIENT`, `INFO`, `COMMAND`, …).
@@ -14,12 +14,14 @@
 
 mod admin;
 mod classic;
+mod client;
 mod commands;
 mod connection;
 mod exec;
 pub mod glob;
-pub mod protocol;
 pub mod pubsub;
+pub mod reply;
+pub mod request;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

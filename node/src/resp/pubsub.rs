@@ -25,8 +25,6 @@ use crate::gossip::Gossip;
 
 /// The internal endpoint that delivers another node's messages here.
 pub const PUBLISH_PATH: &str = "/internal/resp/publish";
-/// The gossip key saying a node serves the Redis protocol (and may have subscribers).
-pub const KEY_RESP: &str = "resp";
 /// Most messages in one request to a peer.
 pub const PEER_BATCH: usize = 256;
 /// The most message bytes in one request to a peer (one larger message goes alone).

@@ -239,6 +239,22 @@ impl Cluster {
             .await
     }
 
+    /// [`Cluster::write`], tried again with the same idempotency key while the cluster is
+    /// between leaders (no leader known, the leader unreachable or changing) for up to
+    /// `patience`: a client whose write meets a leader change gets its answer a moment
+    /// later instead of an error, and the write still applies at most once. A node cut
+    /// off from the quorum answers at once, so that clients move to another node.
+    pub async fn write_patiently(&self, command: Command, patience: Duration) -> Result<Response> {
+        let command = once::keyed(command, self.inner.once_window);
+        patiently(patience, || self.write(command.clone())).await
+    }
+
+    /// [`Cluster::read_barrier`], tried again while the cluster is between leaders for up
+    /// to `patience`, as [`Cluster::write_patiently`] does.
+    pub async fn read_barrier_patiently(&self, patience: Duration) -> Result<()> {
+        patiently(patience, || self.read_barrier()).await
+    }
+
     async fn write_following_leader(&self, command: Command) -> Result<Response> {
         let mut outcome = self.write_local(command.clone()).await;
         for _ in 0..MAX_LEADER_HOPS {
@@ -405,6 +421,25 @@ impl Cluster {
     pub async fn shutdown(&self) {
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails in a way waiting does not mend, or `patience`
+/// runs out.
+async fn patiently<T, Fut>(patience: Duration, mut attempt: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match attempt().await {
+            Err(error) if error.is_retryable() && started.elapsed() + delay < patience => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(400));
+            }
+            outcome => return outcome,
         }
     }
 }
