@@ -97,8 +97,9 @@ impl RespArgs {
         if redis_mode {
             return Err(invalid(
                 "resp-listen",
-                "in Redis mode (REDIS_URL) the state is in that Redis: point Redis clients at it \
-                 and drop --resp-listen",
+                "in Redis mode (REDIS_URL is set) the state is in that Redis: point Redis \
+                 clients at it and drop --resp-listen; or, if REDIS_URL in this environment is \
+                 meant for your application, unset it for shoal",
             ));
         }
         let Some((host, port)) = listen.rsplit_once(':') else {

@@ -38,6 +38,11 @@ use crate::config::MAX_WRITE_BYTES;
 
 /// The longest inline command (Redis's limit is 64 KiB too).
 const MAX_INLINE_BYTES: usize = 64 * 1024;
+/// The most bytes one command may take (a write carries at most `MAX_WRITE_BYTES`; a
+/// read of many keys names them in less).
+const MAX_QUERY_BYTES: usize = 2 * MAX_WRITE_BYTES;
+/// The most bytes a connection that has not authenticated may send ahead of a command.
+const MAX_AUTH_QUERY_BYTES: usize = 64 * 1024;
 /// Commands run as one batch at most.
 const MAX_BATCH: usize = 1024;
 /// Serves one client until it leaves, breaks the protocol, times out or the node stops.
@@ -115,6 +120,17 @@ pub(super) async fn run(
             if connection.subscriber.overflowed() {
                 return Err("subscriber fell behind");
             }
+            // One command's bytes, as far as they arrived: the parser bounds each
+            // argument and their count, this their sum (and a stranger's to what AUTH
+            // needs), as Redis's query buffer limit does.
+            let limit =
+                if connection.authenticated { MAX_QUERY_BYTES } else { MAX_AUTH_QUERY_BYTES };
+            if input.len() > limit {
+                let text = format!("ERR Protocol error: a command of more than {limit} bytes");
+                Reply::error(text).encode(&mut output, connection.resp3);
+                let _ = stream.write_all(&output).await;
+                return Err("query buffer limit");
+            }
             // Whichever comes first: more input, a message, a deadline, the node stopping.
             let deadline = if !connection.authenticated {
                 config.request_timeout.map(|limit| connected + limit)
@@ -178,6 +194,7 @@ fn write_deliveries(
     let mut next = Some(first);
     let mut written = 0;
     while let Some(delivery) = next {
+        connection.subscriber.taken(&delivery);
         admin::message_reply(delivery).encode(output, connection.resp3);
         written += 1;
         next = if written < MAX_BATCH { deliveries.try_recv().ok() } else { None };

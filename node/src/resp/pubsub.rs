@@ -34,6 +34,9 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Messages a subscriber may fall behind by; a slower one is disconnected, like a Redis
 /// client past its pub/sub output buffer limit.
 pub const SUBSCRIBER_BUFFER: usize = 16_384;
+/// Bytes of messages a subscriber may fall behind by (Redis's default pub/sub output
+/// buffer limit is 32 MiB too).
+pub const SUBSCRIBER_BUFFER_BYTES: usize = 32 * 1024 * 1024;
 
 /// A message as a subscriber gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,13 @@ pub struct Delivery {
     pub payload: Bytes,
 }
 
+impl Delivery {
+    /// The bytes the message holds.
+    fn size(&self) -> usize {
+        self.channel.len() + self.payload.len() + self.pattern.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// One connection's end of the bus.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -51,13 +61,17 @@ pub struct Subscriber {
     sender: mpsc::Sender<Delivery>,
     /// Set when a message found the subscriber's buffer full: the connection closes.
     overflowed: Arc<AtomicBool>,
+    /// Bytes of messages waiting for the connection to write them.
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscriber {
     /// Returns a subscriber for connection `id` and the receiving end of its messages.
     pub fn new(id: u64) -> (Self, mpsc::Receiver<Delivery>) {
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
-        (Self { id, sender, overflowed: Arc::default() }, receiver)
+        let subscriber =
+            Self { id, sender, overflowed: Arc::default(), queued_bytes: Arc::default() };
+        (subscriber, receiver)
     }
 
     /// Returns whether a message was lost because the subscriber fell behind.
@@ -65,14 +79,30 @@ impl Subscriber {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Notes that the connection took `delivery` off its queue.
+    pub fn taken(&self, delivery: &Delivery) {
+        self.queued_bytes.fetch_sub(delivery.size(), Ordering::Relaxed);
+    }
+
     fn offer(&self, delivery: Delivery) -> bool {
+        let size = delivery.size();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > SUBSCRIBER_BUFFER_BYTES && queued > 0 {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            return false;
+        }
         match self.sender.try_send(delivery) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 self.overflowed.store(true, Ordering::Relaxed);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
@@ -354,6 +384,20 @@ mod tests {
         }
         assert!(!slow.overflowed());
         assert_eq!(bus.deliver(&Bytes::from_static(b"c"), &Bytes::from_static(b"x")), 0);
+        assert!(slow.overflowed());
+    }
+
+    #[test]
+    fn a_subscriber_behind_by_too_many_bytes_is_marked() {
+        let bus = LocalBus::default();
+        let (slow, mut receiver) = Subscriber::new(1);
+        bus.subscribe(&slow, Bytes::from_static(b"c"), false);
+        let big = Bytes::from(vec![b'x'; SUBSCRIBER_BUFFER_BYTES / 2]);
+        assert_eq!(bus.deliver(&Bytes::from_static(b"c"), &big), 1);
+        // Taken off the queue, it no longer counts.
+        slow.taken(&receiver.try_recv().expect("a message"));
+        assert_eq!(bus.deliver(&Bytes::from_static(b"c"), &big), 1);
+        assert_eq!(bus.deliver(&Bytes::from_static(b"c"), &big), 0);
         assert!(slow.overflowed());
     }
 }
