@@ -24,10 +24,15 @@ const MAX_BATCH: usize = 256;
 /// The most payload bytes (as [`command_bytes`] counts them) in one batch: an entry
 /// stays small enough that an append of many is still a reasonable request.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Batches being committed at once. Measured with redis-benchmark over RESP (50 clients,
-/// 3 nodes; docs/BENCHMARKS.md): 2 held pipelined writes (`-P 16`) to half of what 4
-/// gives, while 16 made unpipelined writes slower (more, smaller entries).
-const MAX_IN_FLIGHT: usize = 4;
+/// Batches being committed at once. Two keep the queue filling while one commits, which
+/// is what forms big batches; more make more, smaller entries (slower for 64 HTTP
+/// clients: 0.86–0.89× sessions-write with 4, in side-by-side runs).
+const MAX_IN_FLIGHT: usize = 2;
+/// More batches that may be out at once while a backlog of at least [`BACKLOG`]
+/// commands waits (pipelining Redis clients: 50 of them with `-P 16` keep 800 writes
+/// queued), when two slots hold the queue back rather than letting batches fill.
+const EXTRA_IN_FLIGHT: usize = 2;
+const BACKLOG: usize = MAX_BATCH;
 
 /// A command waiting for its batch.
 pub(crate) struct Pending {
@@ -93,13 +98,19 @@ pub(crate) async fn propose(raft: &Raft, command: Command, timeout: Duration) ->
 /// batches), up to `MAX_BATCH` and until an item that may not join.
 struct Gatherer<T> {
     permits: Arc<Semaphore>,
+    /// Slots beyond `permits` for a backlog.
+    extra: Arc<Semaphore>,
     /// The item that did not join the last batch: it starts the next one.
     carried: Option<T>,
 }
 
 impl<T> Gatherer<T> {
     fn new() -> Self {
-        Self { permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), carried: None }
+        Self {
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            extra: Arc::new(Semaphore::new(EXTRA_IN_FLIGHT)),
+            carried: None,
+        }
     }
 
     /// Returns the next batch and its slot, or `None` once the queue is closed; `joins`
@@ -113,7 +124,14 @@ impl<T> Gatherer<T> {
             Some(item) => item,
             None => queue.recv().await?,
         };
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if queue.len() >= BACKLOG => match self.extra.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => self.permits.clone().acquire_owned().await.ok()?,
+            },
+            Err(_) => self.permits.clone().acquire_owned().await.ok()?,
+        };
         joins(&first);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

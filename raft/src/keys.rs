@@ -47,9 +47,10 @@ pub fn blob_chunk(id: &str, index: u32) -> Vec<u8> {
 pub const KV_PREFIX: &[u8] = b"k/";
 /// The bytes of a kv key after [`KV_PREFIX`] that come before the key: its hash.
 pub const KV_HASH_BYTES: usize = 8;
-/// The kind byte of a plain key in the expiry index; its id is the key's bytes after
-/// [`KV_PREFIX`].
-pub const EXPIRY_KIND_KV: u8 = b'k';
+/// `y/{deadline_ms: u64 BE}{hash}{key}` → empty: the expiry index of plain keys, oldest
+/// first, apart from the other records' so that the leader can find the next one due
+/// with one read and expire it on time (see `maintenance.rs`).
+pub const KV_EXPIRY_PREFIX: &[u8] = b"y/";
 /// `c/clock` → the largest leader clock (Unix ms) of an applied command: what the state
 /// machine's reads of plain keys take as "now", so that every replica at the same applied
 /// index answers the same (part of snapshot data, unlike `m/`).
@@ -98,7 +99,15 @@ pub fn expiry(deadline_ms: u64, kind: u8, id: &str) -> Vec<u8> {
 
 /// Returns the expiry-index key of plain key `stored` (a [`kv`] key) due at `deadline_ms`.
 pub fn kv_expiry(deadline_ms: u64, stored: &[u8]) -> Vec<u8> {
-    expiry_raw(deadline_ms, EXPIRY_KIND_KV, stored.strip_prefix(KV_PREFIX).unwrap_or(stored))
+    let suffix = stored.strip_prefix(KV_PREFIX).unwrap_or(stored);
+    [KV_EXPIRY_PREFIX, &deadline_ms.to_be_bytes()[..], suffix].concat()
+}
+
+/// Splits a [`kv_expiry`] key into its deadline and the plain key's tree key.
+pub fn parse_kv_expiry(key: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let rest = key.strip_prefix(KV_EXPIRY_PREFIX)?;
+    let deadline_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((deadline_ms, [KV_PREFIX, &rest[8..]].concat()))
 }
 
 fn expiry_raw(deadline_ms: u64, kind: u8, id: &[u8]) -> Vec<u8> {
@@ -110,21 +119,15 @@ fn expiry_raw(deadline_ms: u64, kind: u8, id: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Splits an expiry-index key into its deadline, kind and id (UTF-8 ids only: sessions,
-/// progress records, blobs).
+/// Splits an expiry-index key into its deadline, kind and id.
 pub fn parse_expiry(key: &[u8]) -> Option<(u64, u8, &str)> {
-    let (deadline_ms, kind, id) = parse_expiry_raw(key)?;
-    Some((deadline_ms, kind, std::str::from_utf8(id).ok()?))
-}
-
-/// Splits an expiry-index key into its deadline, kind and the id's bytes.
-pub fn parse_expiry_raw(key: &[u8]) -> Option<(u64, u8, &[u8])> {
     let rest = key.strip_prefix(EXPIRY_PREFIX)?;
     if rest.len() < 9 {
         return None;
     }
     let deadline_ms = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    Some((deadline_ms, rest[8], &rest[9..]))
+    let id = std::str::from_utf8(&rest[9..]).ok()?;
+    Some((deadline_ms, rest[8], id))
 }
 
 #[cfg(test)]

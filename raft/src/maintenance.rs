@@ -15,9 +15,9 @@ use crate::{unix_millis, Cluster};
 /// tick (their sessions then slide a second later, at the next read).
 const MAX_PENDING_TOUCHES: usize = 100_000;
 
-/// How often the leader looks for something due to expire: a plain key with `PX 100`
-/// goes about this long (plus a commit) after its deadline, as a Redis user expects,
-/// while looking costs one read of the expiry index's first entry.
+/// How often the leader looks for a plain key due to expire: a key with `PX 100` goes
+/// about this long (plus a commit) after its deadline, as a Redis user expects, while
+/// looking costs one read of the plain keys' expiry index's first entry.
 const EXPIRY_CHECK: Duration = Duration::from_millis(25);
 
 /// Collects the ids of sessions read on this node until the next `Touch` proposal.
@@ -68,7 +68,7 @@ pub fn spawn_maintenance(
                 _ = expiry.tick() => false,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
-            expire_due(&cluster).await;
+            expire_due(&cluster, full_tick).await;
             if !full_tick {
                 continue;
             }
@@ -85,11 +85,16 @@ pub fn spawn_maintenance(
     })
 }
 
-async fn expire_due(cluster: &Cluster) {
+/// Proposes `Expire` if something is due: anything on a full tick, plain keys only in
+/// between (sessions and write answers do not need it sooner, and proposing for them
+/// every [`EXPIRY_CHECK`] would cost a log entry each time under a steady write load).
+async fn expire_due(cluster: &Cluster, full_tick: bool) {
     if !cluster.is_leader() {
         return;
     }
-    match cluster.reader().next_deadline_ms() {
+    let reader = cluster.reader();
+    let next = if full_tick { reader.next_deadline_ms() } else { reader.next_kv_deadline_ms() };
+    match next {
         Ok(Some(deadline_ms)) if deadline_ms <= unix_millis() => {
             match cluster.write(Command::Expire).await {
                 Ok(response) => tracing::debug!(?response, "expired due entries"),

@@ -21,19 +21,6 @@ pub(super) fn expire(
     let due = state.range(Bound::Included(keys::EXPIRY_PREFIX), Bound::Excluded(&end));
     for pair in due {
         let (key, _) = pair?;
-        if let Some((deadline_ms, keys::EXPIRY_KIND_KV, suffix)) = keys::parse_expiry_raw(&key) {
-            let stored = [keys::KV_PREFIX, suffix].concat();
-            match kv::read_stored(state, &stored)? {
-                Some(record) if record.expires_at_ms == Some(deadline_ms) => {
-                    change.batch.delete(stored);
-                    change.kv_delta -= 1;
-                    expired += 1;
-                }
-                _ => {}
-            }
-            change.batch.delete(key.clone());
-            continue;
-        }
         let Some((deadline_ms, kind, id)) = keys::parse_expiry(&key) else {
             continue;
         };
@@ -69,6 +56,26 @@ pub(super) fn expire(
             _ => change.batch.delete(key.clone()),
         }
     }
+    expired += expire_kv(state, change, now_ms)?;
     expired += once::forget_expired(state, now_ms, &mut change.batch)?;
     Ok(Response::Count(expired))
+}
+
+/// Deletes the plain keys due at `now_ms` by their own expiry index; answers how many.
+fn expire_kv(state: &dyn Tree, change: &mut Change, now_ms: u64) -> shoal_storage::Result<u64> {
+    let mut expired = 0;
+    let end = [keys::KV_EXPIRY_PREFIX, &now_ms.saturating_add(1).to_be_bytes()[..]].concat();
+    for pair in state.range(Bound::Included(keys::KV_EXPIRY_PREFIX), Bound::Excluded(&end)) {
+        let (key, _) = pair?;
+        let Some((deadline_ms, stored)) = keys::parse_kv_expiry(&key) else { continue };
+        if let Some(record) = kv::read_stored(state, &stored)? {
+            if record.expires_at_ms == Some(deadline_ms) {
+                change.batch.delete(stored);
+                change.kv_delta -= 1;
+                expired += 1;
+            }
+        }
+        change.batch.delete(key);
+    }
+    Ok(expired)
 }

@@ -121,11 +121,22 @@ impl StateReader {
     pub fn next_deadline_ms(&self) -> shoal_storage::Result<Option<u64>> {
         let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         let indexed = match self.state.scan_prefix(keys::EXPIRY_PREFIX).next() {
-            Some(pair) => keys::parse_expiry_raw(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms),
+            Some(pair) => keys::parse_expiry(&pair?.0).map(|(deadline_ms, _, _)| deadline_ms),
             None => None,
         };
         let answers = once::next_deadline(&*self.state)?;
-        Ok(indexed.into_iter().chain(answers).min())
+        let plain = self.next_kv_deadline_ms()?;
+        Ok(indexed.into_iter().chain(answers).chain(plain).min())
+    }
+
+    /// Returns the earliest deadline of a plain key: the one the leader watches closely,
+    /// as Redis clients expect keys to go on time.
+    pub fn next_kv_deadline_ms(&self) -> shoal_storage::Result<Option<u64>> {
+        let _reading = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        match self.state.scan_prefix(keys::KV_EXPIRY_PREFIX).next() {
+            Some(pair) => Ok(keys::parse_kv_expiry(&pair?.0).map(|(deadline_ms, _)| deadline_ms)),
+            None => Ok(None),
+        }
     }
 }
 
