@@ -55,10 +55,22 @@ pub fn shoal_binary() -> &'static Path {
     })
 }
 
-/// Returns a loopback port that was free a moment ago.
+/// Returns a loopback port that was free a moment ago, and that this process has not
+/// handed out before: tests run in parallel threads, and a port given to two of them
+/// before either node binds it would join their clusters (they share `TEST_SECRET`), as
+/// a full run once showed.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 works");
-    listener.local_addr().expect("bound").port()
+    static HANDED_OUT: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 works");
+        let port = listener.local_addr().expect("bound").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.get_or_insert_with(Default::default).insert(port) {
+            return port;
+        }
+    }
+    panic!("no loopback port this process has not handed out already")
 }
 
 /// Polls `predicate` every 50 ms until it returns `Ok(true)` or `deadline` passes; the
