@@ -94,7 +94,12 @@ pub fn session(id: &str) -> Vec<u8> {
 
 /// Returns the expiry-index key of the entry `id` of `kind` due at `deadline_ms`.
 pub fn expiry(deadline_ms: u64, kind: u8, id: &str) -> Vec<u8> {
-    expiry_raw(deadline_ms, kind, id.as_bytes())
+    let mut key = Vec::with_capacity(EXPIRY_PREFIX.len() + 9 + id.len());
+    key.extend_from_slice(EXPIRY_PREFIX);
+    key.extend_from_slice(&deadline_ms.to_be_bytes());
+    key.push(kind);
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 /// Returns the expiry-index key of plain key `stored` (a [`kv`] key) due at `deadline_ms`.
@@ -108,15 +113,6 @@ pub fn parse_kv_expiry(key: &[u8]) -> Option<(u64, Vec<u8>)> {
     let rest = key.strip_prefix(KV_EXPIRY_PREFIX)?;
     let deadline_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
     Some((deadline_ms, [KV_PREFIX, &rest[8..]].concat()))
-}
-
-fn expiry_raw(deadline_ms: u64, kind: u8, id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(EXPIRY_PREFIX.len() + 9 + id.len());
-    key.extend_from_slice(EXPIRY_PREFIX);
-    key.extend_from_slice(&deadline_ms.to_be_bytes());
-    key.push(kind);
-    key.extend_from_slice(id);
-    key
 }
 
 /// Splits an expiry-index key into its deadline, kind and id.

@@ -55,6 +55,18 @@ pub fn shoal_binary() -> &'static Path {
     })
 }
 
+/// Sends the test's logs (`RUST_LOG`, default `info`) to the test's output, once per
+/// process.
+pub fn init_test_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+}
+
 /// Returns a loopback port that was free a moment ago, and that this process has not
 /// handed out before: tests run in parallel threads, and a port given to two of them
 /// before either node binds it would join their clusters (they share `TEST_SECRET`), as

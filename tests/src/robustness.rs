@@ -85,13 +85,7 @@ const NODE_ARGS: &[&str] = &["--request-timeout-ms", "1500"];
 /// Runs `run` and checks its history; fails with the kept directory's path when the
 /// history is not linearizable, the checker gave up, or the cluster did not recover.
 pub async fn run(run: Run) -> anyhow::Result<Summary> {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
+    crate::init_test_tracing();
     let settings = Settings::from_env()?;
     let name = run.name;
     let names: Vec<&str> = run.nemeses.iter().map(|nemesis| nemesis.name()).collect();

@@ -40,16 +40,6 @@ const NUM_CALLS_WHILE_DOWN: usize = 12;
 /// plain `ResponseError`, which it has no way to retry apart from every other error reply.
 const FAILOVER_WINDOW: Duration = Duration::from_secs(5);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
-}
-
 /// Returns `count` distinct loopback ports that were free a moment ago.
 fn distinct_ports(count: usize) -> Vec<u16> {
     let mut ports = BTreeSet::new();
@@ -146,7 +136,7 @@ async fn wait_http(url: &str, process: &mut Background) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Python clients (redis-py, Flask-Session, python-socketio); scripts/test installs them and runs this"]
 async fn redis_py_blocking_and_asyncio_clients_work_across_three_nodes() -> anyhow::Result<()> {
-    init_tracing();
+    shoal_tests::init_test_tracing();
     let dir = tempfile::tempdir()?;
     let resp = RespCluster::start(dir.path()).await?;
     let urls: Vec<String> = (0..3).map(|index| resp.url(index)).collect();
@@ -401,7 +391,7 @@ impl Tally {
 #[ignore = "needs the Python clients (redis-py, Flask-Session, python-socketio); scripts/test installs them and runs this"]
 async fn flask_session_behind_haproxy_keeps_the_session_while_each_node_is_killed(
 ) -> anyhow::Result<()> {
-    init_tracing();
+    shoal_tests::init_test_tracing();
     let dir = tempfile::tempdir()?;
     let mut resp = RespCluster::start(dir.path()).await?;
     let haproxy = Haproxy::start(dir.path(), &resp.resp_ports)?;
@@ -502,7 +492,7 @@ async fn flask_session_behind_haproxy_keeps_the_session_while_each_node_is_kille
 #[ignore = "needs the Python clients (redis-py, Flask-Session, python-socketio); scripts/test installs them and runs this"]
 async fn socketio_emit_on_one_server_reaches_a_client_of_another_through_shoal(
 ) -> anyhow::Result<()> {
-    init_tracing();
+    shoal_tests::init_test_tracing();
     let dir = tempfile::tempdir()?;
     let resp = RespCluster::start(dir.path()).await?;
 

@@ -16,12 +16,15 @@ use shoal_raft::{
 };
 use shoal_storage::codec;
 
-use crate::store::encode_session;
+use crate::store::{encode_session, RedisKeys};
 
-/// The classic names, under the `--redis-prefix`.
+/// The classic names, under the `--redis-prefix`: Redis mode's own ([`RedisKeys`]).
 #[derive(Debug, Clone)]
 pub struct Classic {
-    /// `{prefix}:progress:`.
+    keys: RedisKeys,
+    /// `session:`, what a session's name starts with.
+    session_prefix: String,
+    /// `{prefix}:progress:`, what a search's or tracker's name starts with.
     progress_prefix: String,
 }
 
@@ -32,22 +35,21 @@ pub struct Native {
     pub expires_at_ms: u64,
 }
 
-const SESSION_PREFIX: &str = "session:";
-
 impl Classic {
     /// Returns the classic names under `prefix` (`bidiq`).
     pub fn new(prefix: &str) -> Self {
-        Self { progress_prefix: format!("{prefix}:progress:") }
+        let keys = RedisKeys { prefix: prefix.to_string() };
+        Self { session_prefix: RedisKeys::session(""), progress_prefix: keys.progress(""), keys }
     }
 
     /// The channel the events of search or tracker `id` go out on.
     pub fn events_channel(&self, id: &str) -> Bytes {
-        Bytes::from(format!("{}{id}:events", self.progress_prefix))
+        Bytes::from(self.keys.events_channel(id))
     }
 
     /// Returns the session id `key` names, if it is `session:{id}`.
     pub fn session_id<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
-        std::str::from_utf8(key.strip_prefix(SESSION_PREFIX.as_bytes())?).ok()
+        std::str::from_utf8(key.strip_prefix(self.session_prefix.as_bytes())?).ok()
     }
 
     /// Returns the search or tracker id `key` names, if it is `{prefix}:progress:{id}`.
@@ -92,7 +94,7 @@ impl Classic {
             }
             Namespace::Sessions => {
                 let record: SessionRecord = codec::decode(value, "session")?;
-                let name = [SESSION_PREFIX.as_bytes(), suffix].concat();
+                let name = [self.session_prefix.as_bytes(), suffix].concat();
                 (!record.is_expired(now_ms)).then(|| Bytes::from(name))
             }
             Namespace::Progress => {

@@ -29,7 +29,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use serde::Serialize;
 use shoal_raft::{Cluster, NodeId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -169,8 +168,8 @@ pub async fn watch_format_levels(
     }
 }
 
-/// Counters of the endpoint, for `INFO` and `/metrics`.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Counters of the endpoint, for `INFO`.
+#[derive(Debug, Clone, Copy)]
 pub struct RespStats {
     pub connected_clients: usize,
     pub commands_processed: u64,

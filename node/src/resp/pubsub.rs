@@ -11,7 +11,7 @@
 //! [`PEER_TIMEOUT`] misses the messages and counts nothing. Pub/sub does not go through
 //! Raft: it is not state, and Redis keeps none of it either.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -344,12 +344,6 @@ pub fn deliver_from_peer(local: &LocalBus, messages: Vec<(Vec<u8>, Vec<u8>)>) ->
         .into_iter()
         .map(|(channel, payload)| local.deliver(&Bytes::from(channel), &Bytes::from(payload)))
         .collect()
-}
-
-/// Returns the distinct channels of `lists`, for `PUBSUB CHANNELS` across nodes.
-pub fn distinct(lists: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
-    let mut seen = HashSet::new();
-    lists.into_iter().filter(|channel| seen.insert(channel.clone())).collect()
 }
 
 #[cfg(test)]
