@@ -67,22 +67,47 @@ pub fn init_test_tracing() {
         .try_init();
 }
 
-/// Returns a loopback port that was free a moment ago, and that this process has not
-/// handed out before: tests run in parallel threads, and a port given to two of them
-/// before either node binds it would join their clusters (they share `TEST_SECRET`), as
-/// a full run once showed.
+/// Returns a loopback port that was free for both TCP and UDP a moment ago (a node
+/// gossips on the UDP port of its HTTP address), and that this process has not handed
+/// out before: tests run in parallel threads, and a port given to two of them before
+/// either node binds it would join their clusters (they share `TEST_SECRET`), as a full
+/// run once showed.
+///
+/// The port comes from below the kernel's ephemeral range, so no outgoing connection or
+/// unbound UDP socket of any process can take it between this check and the node's
+/// bind, as one CI run showed ("cannot bind …/UDP for gossip").
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
         std::sync::Mutex::new(None);
-    for _ in 0..1000 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 works");
-        let port = listener.local_addr().expect("bound").port();
+    let candidates = ports_outside_ephemeral_range();
+    for _ in 0..10_000 {
+        let port = match &candidates {
+            Some(range) => rand::random_range(range.clone()),
+            None => {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 works");
+                listener.local_addr().expect("bound").port()
+            }
+        };
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if !free {
+            continue;
+        }
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if handed_out.get_or_insert_with(Default::default).insert(port) {
             return port;
         }
     }
-    panic!("no loopback port this process has not handed out already")
+    panic!("no loopback port free for TCP and UDP that this process has not handed out")
+}
+
+/// Ports from 20000 up to the start of `net.ipv4.ip_local_port_range`, when that leaves
+/// at least a thousand; `None` sends `free_port` to the kernel's own choice.
+fn ports_outside_ephemeral_range() -> Option<std::ops::Range<u16>> {
+    const LOWEST: u16 = 20_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_start >= LOWEST + 1000).then_some(LOWEST..ephemeral_start)
 }
 
 /// Polls `predicate` every 50 ms until it returns `Ok(true)` or `deadline` passes; the
