@@ -365,6 +365,12 @@ impl TestNode {
         Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
     }
 
+    /// Returns whether the process was started and has exited (killed by another
+    /// process, or crashed).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
     /// SIGKILLs the process and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -6,88 +6,14 @@
 //! Needs Debian's nginx: `scripts/test` installs it and runs this test; plain `cargo test`
 //! skips it as ignored.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shoal_tests::balancer::{self, cookie_session};
+use shoal_tests::balancer::{self, cookie_session, start_nginx};
 use shoal_tests::{free_port, get_json, wait_until, TestCluster};
 
 const FORM: Duration = Duration::from_secs(40);
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    /// SIGTERM, so that the master stops its workers (a killed master leaves them
-    /// running); SIGKILL if it has not exited within 5 s.
-    fn drop(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..50 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Writes `deploy/nginx.conf` with the nodes' ports and `listen` into `dir` and starts nginx.
-fn start_nginx(dir: &Path, node_ports: &[u16], listen: u16) -> anyhow::Result<Nginx> {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx.conf"),
-    )?;
-    let mut servers = node_ports.iter();
-    let mut config = String::new();
-    for line in template.lines() {
-        if line.contains("# shoal-node") {
-            let Some(port) = servers.next() else { continue };
-            config.push_str(&format!(
-                "        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n"
-            ));
-        } else if line.contains("# shoal-listen") {
-            config.push_str(&format!("        listen 127.0.0.1:{listen};\n"));
-        } else if line.trim() == "http {" {
-            config.push_str(line);
-            config.push('\n');
-            // Everything nginx writes stays in the test's directory.
-            for (directive, name) in [
-                ("client_body_temp_path", "body"),
-                ("proxy_temp_path", "proxy"),
-                ("fastcgi_temp_path", "fastcgi"),
-                ("uwsgi_temp_path", "uwsgi"),
-                ("scgi_temp_path", "scgi"),
-            ] {
-                config.push_str(&format!("    {directive} {};\n", dir.join(name).display()));
-            }
-            config.push_str(&format!("    access_log {};\n", dir.join("access.log").display()));
-        } else {
-            config.push_str(line);
-            config.push('\n');
-        }
-    }
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, config)?;
-    let globals = format!(
-        "daemon off; master_process on; user root; pid {}; error_log {} warn;",
-        dir.join("nginx.pid").display(),
-        dir.join("error.log").display()
-    );
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", &globals])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    Ok(Nginx(child))
-}
 
 #[tokio::test]
 #[ignore = "needs nginx: scripts/test installs it and runs this test"]
@@ -99,7 +25,7 @@ async fn three_nodes_behind_nginx() -> anyhow::Result<()> {
     let listen = free_port();
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
-    let _nginx = start_nginx(&nginx_dir, &ports, listen)?;
+    let _nginx = start_nginx(&nginx_dir, &ports, listen, None)?;
     let lb = format!("http://127.0.0.1:{listen}");
     let health_url = format!("{lb}/api/health");
     wait_until("nginx answers", FORM, || {

@@ -1,28 +1,53 @@
 //! `GET /api/downloads/{id}?expires=&sig=`: a report, on a signed link, from any node.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::Deserialize;
 use shoal_raft::unix_millis;
 use shoal_storage::BlobError;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
+use super::extract::{Path, Query};
+use super::openapi::{ErrorBody, StateErrors};
 use super::AppState;
 use crate::reports::LinkError;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/downloads/{id}", get(download))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download))
 }
 
-#[derive(Debug, Deserialize)]
+/// The signature of a download link, as the search's `result.download.url` carries it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LinkQuery {
+    /// When the link expires, in Unix seconds.
     expires: Option<u64>,
+    /// The link's signature.
     sig: Option<String>,
 }
 
+/// A search's report (an Excel workbook), from any node, on the signed link of the
+/// search's result.
+#[utoipa::path(
+    get,
+    path = "/api/downloads/{id}",
+    tag = "downloads",
+    params(("id" = String, Path, description = "The report id"), LinkQuery),
+    responses(
+        (status = 200, description = "The report", body = Vec<u8>,
+            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            headers(("Content-Disposition" = String, description = "`attachment` with the file name"))),
+        (status = 400, description = "The query string does not parse", body = ErrorBody),
+        (status = 403, description = "The link's signature is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such report (it may have expired)", body = ErrorBody),
+        (status = 410, description = "The link has expired", body = ErrorBody),
+        StateErrors,
+    )
+)]
 async fn download(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -4,9 +4,11 @@ mod cluster;
 mod cross_site;
 mod downloads;
 mod error;
+mod extract;
 mod health;
 mod internal;
 mod json;
+pub mod openapi;
 mod progress;
 mod searches;
 mod sessions;
@@ -22,6 +24,8 @@ pub use error::{ApiError, ApiResult};
 use metrics_exporter_prometheus::PrometheusHandle;
 pub use sessions::SESSION_COOKIE;
 use shoal_raft::{Cluster, ClusterSecret};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::fabric::Fabric;
 use crate::gossip::Gossip;
@@ -81,26 +85,42 @@ impl Deref for AppState {
     }
 }
 
-/// Returns the router of the public API.
-pub fn router(state: AppState) -> Router {
-    let body_limit = usize::try_from(state.config.max_session_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(BODY_OVERHEAD_BYTES);
-    Router::new()
+/// Returns every public route with its OpenAPI operation: only what is registered here
+/// through `utoipa_axum::routes!` is served, and the document is made from the same
+/// declarations (`openapi.rs`).
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::routes())
         .merge(sessions::routes())
         .merge(searches::routes())
         .merge(trackers::routes())
         .merge(downloads::routes())
         .merge(cluster::routes())
-        .merge(internal::routes(Arc::new(internal::InternalGate::new(
-            state.secret.clone(),
-            state.cluster.node_id(),
-            state.started_ms,
-            state.config.max_session_bytes,
-        ))))
+        .merge(crate::console::routes())
+        .routes(routes!(openapi::openapi_json))
+}
+
+/// Returns every route: the public ones and the signed `/internal/*` endpoints that
+/// nodes call on each other (not public: the OpenAPI document leaves them out).
+fn routes(gate: internal::InternalGate) -> Router<AppState> {
+    let (public, _) = public_routes().split_for_parts();
+    public.merge(internal::routes(Arc::new(gate)))
+}
+
+/// Returns the router of the API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = usize::try_from(state.config.max_session_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(BODY_OVERHEAD_BYTES);
+    let gate = internal::InternalGate::new(
+        state.secret.clone(),
+        state.cluster.node_id(),
+        state.started_ms,
+        state.config.max_session_bytes,
+    );
+    routes(gate)
         .fallback(|| async {
-            ApiError::not_found("not_found", "no such route; see README.md for the API")
+            ApiError::not_found("not_found", "no such route; see /api/openapi.json for the API")
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

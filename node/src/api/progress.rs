@@ -7,8 +7,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
-use serde_json::{json, Map, Value};
-use shoal_raft::{ProgressRecord, Rejection};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use shoal_raft::{NodeId, ProgressRecord, ProgressStatus, Rejection};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
@@ -21,37 +25,139 @@ const RELAY_CATCH_UP: Duration = Duration::from_secs(2);
 /// How often a stream without a local topic re-reads the replicated record.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Where a search, a tracker or one part of a search stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusView {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<ProgressStatus> for StatusView {
+    fn from(status: ProgressStatus) -> Self {
+        match status {
+            ProgressStatus::Queued => StatusView::Queued,
+            ProgressStatus::Running => StatusView::Running,
+            ProgressStatus::Completed => StatusView::Completed,
+            ProgressStatus::Failed => StatusView::Failed,
+            ProgressStatus::Cancelled => StatusView::Cancelled,
+        }
+    }
+}
+
+/// `search` or `tracker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindView {
+    Search,
+    Tracker,
+}
+
+/// One part of a search (one UF).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartView {
+    pub status: StatusView,
+    /// Result pages fetched so far.
+    pub pages: u32,
+    /// Records kept so far.
+    pub records: u64,
+}
+
+/// A search or a tracker, as replicated (DESIGN §6).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProgressView {
+    pub id: String,
+    pub kind: KindView,
+    pub status: StatusView,
+    /// The node that runs it (a search) or publishes its events (a tracker).
+    pub owner: NodeId,
+    /// Counts takeovers: another node resumed it after its owner died.
+    pub attempt: u32,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    pub total_parts: u32,
+    pub completed_parts: u32,
+    /// A search's parts by UF (a tracker has none).
+    pub parts: BTreeMap<String, PartView>,
+    /// What it ended with once completed: for a search, `total_records` and the
+    /// report's `download` (`id`, signed `url`, `expires_at`); for a tracker, the data of
+    /// its `completed` event (any JSON).
+    pub result: Option<Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// A tracker's `label` and `total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Value>,
+    /// Where its events stream (in the answer that creates a tracker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
+}
+
+/// One event of a stream of `…/events` (the schema of each event, as OpenAPI 3.2's
+/// `itemSchema` and schemathesis read `text/event-stream`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// `<attempt>:<seq>`, for `Last-Event-ID`.
+    #[schema(pattern = "^[0-9]+:[0-9]+$", example = "1:17")]
+    id: String,
+    event: SseEventName,
+    /// JSON: the state (`snapshot`), `{uf, page, pages, records}` (`progress`),
+    /// `{uf, pages, records, completed_parts, total_parts}` (`part_completed`), a
+    /// tracker's posted data, or `{status, result, error}` (terminal events).
+    data: String,
+    /// Milliseconds a client waits before reconnecting (on the `snapshot`).
+    retry: Option<u64>,
+}
+
+/// The events of a stream.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum SseEventName {
+    Snapshot,
+    Progress,
+    PartCompleted,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
 /// Returns the API view of progress record `id` (DESIGN §6).
-pub fn view(id: &str, record: &ProgressRecord) -> Value {
-    let parts: Map<String, Value> = record
+pub fn view(id: &str, record: &ProgressRecord) -> ProgressView {
+    let parts = record
         .parts
         .iter()
         .map(|part| {
-            let state = json!({ "status": part.status.as_str(), "pages": part.pages, "records": part.records });
+            let state =
+                PartView { status: part.status.into(), pages: part.pages, records: part.records };
             (part.name.clone(), state)
         })
         .collect();
-    let parse = |text: &Option<String>| {
-        text.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok())
-    };
-    let mut view = json!({
-        "id": id,
-        "kind": record.kind,
-        "status": record.status.as_str(),
-        "owner": record.owner,
-        "attempt": record.attempt,
-        "created_at": rfc3339_millis(record.created_at_ms),
-        "updated_at": rfc3339_millis(record.updated_at_ms),
-        "total_parts": record.total_parts,
-        "completed_parts": record.completed_parts(),
-        "parts": parts,
-        "result": parse(&record.result),
-        "error": record.error,
-    });
-    if record.kind == "tracker" {
-        view["params"] = parse(&Some(record.params.clone())).unwrap_or(Value::Null);
+    let parse = |text: &str| serde_json::from_str::<Value>(text).ok();
+    let kind = if record.kind == "tracker" { KindView::Tracker } else { KindView::Search };
+    ProgressView {
+        id: id.to_string(),
+        kind,
+        status: record.status.into(),
+        owner: record.owner,
+        attempt: record.attempt,
+        created_at: rfc3339_millis(record.created_at_ms),
+        updated_at: rfc3339_millis(record.updated_at_ms),
+        total_parts: record.total_parts,
+        completed_parts: record.completed_parts(),
+        parts,
+        result: record.result.as_deref().and_then(parse),
+        error: record.error.clone(),
+        params: (kind == KindView::Tracker).then(|| parse(&record.params)).flatten(),
+        events_url: None,
     }
-    view
 }
 
 /// Reads record `id` linearizably.
@@ -66,15 +172,6 @@ pub async fn read_kind(app: &AppState, id: &str, kind: &str) -> ApiResult<Progre
         return Err(Rejection::ProgressNotFound.into());
     }
     Ok(record)
-}
-
-/// The `GET …/{id}/events` handler of searches and trackers alike.
-pub async fn events_handler(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    events(app, id, headers).await
 }
 
 fn parse_last_event_id(headers: &HeaderMap) -> Option<(u32, u64)> {
@@ -92,7 +189,7 @@ fn snapshot_event(id: &str, attempt: u32, seq: u64, record: &ProgressRecord) -> 
         .id(format!("{attempt}:{seq}"))
         .event("snapshot")
         .retry(Duration::from_millis(2000))
-        .data(view(id, record).to_string())
+        .data(serde_json::to_string(&view(id, record)).expect("views serialize"))
 }
 
 /// The terminal event of finished `record`, as its owner published it.

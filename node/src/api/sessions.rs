@@ -1,17 +1,21 @@
 //! The sessions API (DESIGN §6): create, read by id or cookie, merge-patch, replace, delete.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shoal_raft::{Rejection, SessionChange, SessionRecord};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
+use super::extract::Path;
 use super::json::JsonBody;
+use super::openapi::{BodyErrors, CrossSiteErrors, ErrorBody, StateErrors};
 use super::AppState;
 use crate::config::MAX_SESSION_TTL_SECS;
 use crate::time::rfc3339_millis;
@@ -19,36 +23,71 @@ use crate::time::rfc3339_millis;
 /// The cookie that carries the session id.
 pub const SESSION_COOKIE: &str = "shoal_session";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/sessions", post(create_session))
-        .route(
-            "/api/sessions/{id}",
-            get(get_session).patch(patch_session).put(put_session).delete(delete_session),
-        )
-        .route("/api/session", get(get_cookie_session))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_session))
+        .routes(routes!(get_session, patch_session, put_session, delete_session))
+        .routes(routes!(get_cookie_session))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new session; an empty body is `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSessionBody {
+    /// What the session holds: a JSON object (`{}` when left out), at most
+    /// --max-session-bytes of JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
+    /// Seconds of inactivity after which the session expires (--session-ttl when left
+    /// out); each read slides it.
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    #[serde(default, deserialize_with = "super::json::optional_whole_number")]
     ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The session's new `data`, whole.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutSessionBody {
+    #[schema(value_type = Object)]
     data: Value,
 }
 
-#[derive(Debug, Serialize)]
+/// A JSON merge patch (RFC 7396) of the session's `data`: an object whose `null` members
+/// remove keys.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(value_type = Object)]
+struct MergePatch(Value);
+
+/// The `If-Match` header of changes, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IfMatch {
+    /// Only if the session is at this version, such as `"3"`; `*` is any version.
+    #[param(
+        rename = "If-Match",
+        value_type = String,
+        required = false,
+        pattern = r#"^(\*|"[0-9]{1,19}"|[0-9]{1,19})$"#
+    )]
+    if_match: Option<String>,
+}
+
+/// A session.
+#[derive(Debug, Serialize, ToSchema)]
 struct SessionView<'a> {
+    /// 32 hex digits, 128 random bits.
+    #[schema(value_type = String, pattern = "^[0-9a-f]{32}$")]
     id: &'a str,
+    #[schema(value_type = Object)]
     data: &'a RawValue,
+    /// Grows by one with each change; `If-Match` takes it.
     version: u64,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     expires_at: String,
 }
 
@@ -137,6 +176,23 @@ fn session_response(status: StatusCode, id: &str, record: &SessionRecord) -> Api
     Ok(response)
 }
 
+/// Creates a session and sets its cookie.
+#[utoipa::path(
+    post,
+    path = "/api/sessions",
+    tag = "sessions",
+    request_body(content = Option<CreateSessionBody>, description = "May be left out"),
+    responses(
+        (status = 201, description = "Created", body = SessionView, headers(
+            ("Set-Cookie" = String, description = "`shoal_session=<id>`, HttpOnly, SameSite=Lax"),
+            ("Location" = String, description = "The session's URL"),
+            ("ETag" = String, description = "The version, quoted"),
+        )),
+        CrossSiteErrors,
+        BodyErrors,
+        StateErrors,
+    )
+)]
 async fn create_session(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CreateSessionBody>,
@@ -166,12 +222,41 @@ async fn read_session(app: &AppState, id: &str) -> ApiResult<SessionRecord> {
     app.store.session(id).await?.ok_or(ApiError::from(Rejection::NotFound))
 }
 
+/// Reads a session linearizably and slides its expiry.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView, headers(
+            ("ETag" = String, description = "The version, quoted"),
+        )),
+        (status = 404, description = "No such session (or it expired)", body = ErrorBody),
+        StateErrors,
+    )
+)]
 async fn get_session(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = checked_id(&id)?;
     let record = read_session(&app, id).await?;
     session_response(StatusCode::OK, id, &record)
 }
 
+/// Reads the session of the `shoal_session` cookie and refreshes the cookie.
+#[utoipa::path(
+    get,
+    path = "/api/session",
+    tag = "sessions",
+    params(("shoal_session" = Option<String>, Cookie, description = "The session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView, headers(
+            ("ETag" = String, description = "The version, quoted"),
+            ("Set-Cookie" = String, description = "The cookie, with a fresh Max-Age"),
+        )),
+        (status = 404, description = "No cookie, or no such session", body = ErrorBody),
+        StateErrors,
+    )
+)]
 async fn get_cookie_session(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -200,11 +285,31 @@ async fn update_session(
     session_response(StatusCode::OK, id, &record)
 }
 
+/// Merges a JSON merge patch into the session's `data`.
+#[utoipa::path(
+    patch,
+    path = "/api/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id"), IfMatch),
+    request_body(content = Option<MergePatch>, description = "May be left out: no change"),
+    responses(
+        (status = 200, description = "The session after the change", body = SessionView, headers(
+            ("ETag" = String, description = "The version, quoted"),
+        )),
+        (status = 400, description = "The body is not JSON, or If-Match is not a version", body = ErrorBody),
+        (status = 404, description = "No such session (or it expired)", body = ErrorBody),
+        (status = 412, description = "If-Match names another version", body = ErrorBody),
+        (status = 413, description = "`data` would be over --max-session-bytes", body = ErrorBody),
+        (status = 422, description = "The value cannot be accepted; the message says why", body = ErrorBody),
+        CrossSiteErrors,
+        StateErrors,
+    )
+)]
 async fn patch_session(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(patch): JsonBody<Value>,
+    JsonBody(MergePatch(patch)): JsonBody<MergePatch>,
 ) -> ApiResult<Response> {
     let id = checked_id(&id)?;
     if !patch.is_object() {
@@ -215,6 +320,26 @@ async fn patch_session(
     update_session(&app, id, &headers, SessionChange::MergePatch(patch.to_string())).await
 }
 
+/// Replaces the session's `data`.
+#[utoipa::path(
+    put,
+    path = "/api/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id"), IfMatch),
+    request_body(content = PutSessionBody),
+    responses(
+        (status = 200, description = "The session after the change", body = SessionView, headers(
+            ("ETag" = String, description = "The version, quoted"),
+        )),
+        (status = 400, description = "The body is not JSON, or If-Match is not a version", body = ErrorBody),
+        (status = 404, description = "No such session (or it expired)", body = ErrorBody),
+        (status = 412, description = "If-Match names another version", body = ErrorBody),
+        (status = 413, description = "`data` would be over --max-session-bytes", body = ErrorBody),
+        (status = 422, description = "The value cannot be accepted; the message says why", body = ErrorBody),
+        CrossSiteErrors,
+        StateErrors,
+    )
+)]
 async fn put_session(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -222,10 +347,29 @@ async fn put_session(
     JsonBody(body): JsonBody<PutSessionBody>,
 ) -> ApiResult<Response> {
     let id = checked_id(&id)?;
+    // `null` is no object (creating takes it for `{}`, as if `data` were left out).
+    if body.data.is_null() {
+        return Err(ApiError::unprocessable("`data` must be a JSON object"));
+    }
     let data = data_text(Some(body.data), app.config.max_session_bytes)?;
     update_session(&app, id, &headers, SessionChange::Replace(data)).await
 }
 
+/// Deletes a session (and clears its cookie when the request carries it).
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id"), IfMatch),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "If-Match is not a version", body = ErrorBody),
+        (status = 404, description = "No such session (or it expired)", body = ErrorBody),
+        (status = 412, description = "If-Match names another version", body = ErrorBody),
+        CrossSiteErrors,
+        StateErrors,
+    )
+)]
 async fn delete_session(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -1,49 +1,99 @@
 //! Trackers: the progress machinery of searches for workers outside shoal. A backend in
 //! any language creates a tracker, posts its events, and browsers follow them over SSE.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shoal_raft::{ProgressRecord, ProgressStatus, Rejection};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
+use super::extract::Path;
 use super::json::JsonBody;
-use super::progress::{self, view};
+use super::openapi::{BodyErrors, CrossSiteErrors, ErrorBody, StateErrors};
+use super::progress::{self, view, ProgressView, SseEvent, StatusView};
 use super::AppState;
 use crate::fabric::{Effect, FabricError, TrackerEvent, TrackerPosted};
 
 const MAX_LABEL_CHARS: usize = 200;
 const MAX_TOTAL: u32 = 1_000_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/trackers", post(create_tracker))
-        .route("/api/trackers/{id}", get(get_tracker))
-        .route(super::TRACKER_EVENTS_ROUTE, get(progress::events_handler).post(post_event))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tracker))
+        .routes(routes!(get_tracker))
+        .routes(routes!(tracker_events, post_event))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new tracker.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTracker {
+    /// How many steps the work has (progress bars show `done` of it).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "super::json::whole_number")]
     total: u32,
+    /// What the work is, for people; at most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     label: String,
 }
 
 /// An event as a worker posts it: unknown fields are refused here, to catch typos.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PostedEvent {
+    /// `progress`, or the terminal `completed` or `failed`.
     #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
     kind: String,
+    /// Any JSON, at most --max-event-bytes: `{"done": 3}` on progress events; a
+    /// `completed` event's data becomes the tracker's `result`, a `failed` event's
+    /// `error` string its `error`.
     #[serde(default)]
     data: Value,
 }
 
+/// The kinds of event a worker posts.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum EventType {
+    Progress,
+    Completed,
+    Failed,
+}
+
+/// An event published, to every client following the tracker.
+#[derive(Debug, Serialize, ToSchema)]
+struct EventPosted {
+    id: String,
+    /// The event's number in the stream.
+    seq: u64,
+    /// The status a terminal event ended the tracker in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusView>,
+}
+
+/// Creates a tracker: the progress of work done outside shoal, which browsers follow
+/// over SSE from any node.
+#[utoipa::path(
+    post,
+    path = "/api/trackers",
+    tag = "trackers",
+    request_body(content = CreateTracker),
+    responses(
+        (status = 201, description = "Created", body = ProgressView),
+        CrossSiteErrors,
+        BodyErrors,
+        StateErrors,
+    )
+)]
 async fn create_tracker(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CreateTracker>,
@@ -78,18 +128,73 @@ async fn create_tracker(
     let mode = app.store.mode().as_str();
     tracing::info!(tracker_id = %id, total = body.total, mode, "created progress tracker: {id} ({} parts) [mode: {mode}]", body.total);
     let mut view = view(&id, &record);
-    view["events_url"] = json!(format!("/api/trackers/{id}/events"));
+    view.events_url = Some(format!("/api/trackers/{id}/events"));
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// A tracker's replicated state, read linearizably.
+#[utoipa::path(
+    get,
+    path = "/api/trackers/{id}",
+    tag = "trackers",
+    params(("id" = String, Path, description = "The tracker id")),
+    responses(
+        (status = 200, description = "The tracker", body = ProgressView),
+        (status = 404, description = "No such tracker (or it expired)", body = ErrorBody),
+        StateErrors,
+    )
+)]
 async fn get_tracker(
     State(app): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProgressView>> {
     let record = progress::read_kind(&app, &id, "tracker").await?;
     Ok(Json(view(&id, &record)))
 }
 
+/// Follows a tracker over Server-Sent Events, from any node: a `snapshot`, the posted
+/// events, one terminal event, then the stream ends; `Last-Event-ID` resumes.
+#[utoipa::path(
+    get,
+    path = "/api/trackers/{id}/events",
+    tag = "trackers",
+    params(
+        ("id" = String, Path, description = "The tracker id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event, such as `1:17`"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", body = SseEvent, content_type = "text/event-stream"),
+        (status = 204, description = "`Last-Event-ID` shows the client saw the end"),
+        (status = 404, description = "No such tracker (or it expired)", body = ErrorBody),
+        StateErrors,
+    )
+)]
+async fn tracker_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    progress::events(app, id, headers).await
+}
+
+/// Posts an event to a tracker, from the worker doing the work; the node that owns the
+/// tracker publishes it.
+#[utoipa::path(
+    post,
+    path = "/api/trackers/{id}/events",
+    tag = "trackers",
+    params(("id" = String, Path, description = "The tracker id")),
+    request_body(content = PostedEvent),
+    responses(
+        (status = 200, description = "A terminal event: the tracker ended", body = EventPosted),
+        (status = 202, description = "Published", body = EventPosted),
+        (status = 404, description = "No such tracker (or it expired)", body = ErrorBody),
+        (status = 409, description = "The tracker has ended already", body = ErrorBody),
+        CrossSiteErrors,
+        BodyErrors,
+        StateErrors,
+    )
+)]
 async fn post_event(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -117,14 +222,10 @@ async fn post_event(
 
 /// Answers a published event: 202 with its number, or 200 with the status it ended in.
 pub fn posted_response(id: &str, posted: TrackerPosted) -> Response {
-    match posted.status {
-        None => (StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": posted.seq }))),
-        Some(status) => (
-            StatusCode::OK,
-            Json(json!({ "id": id, "seq": posted.seq, "status": status.as_str() })),
-        ),
-    }
-    .into_response()
+    let code = if posted.status.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let body =
+        EventPosted { id: id.to_string(), seq: posted.seq, status: posted.status.map(Into::into) };
+    (code, Json(body)).into_response()
 }
 
 /// Refuses an event whose `data` is over `--max-event-bytes` with 413, before anything

@@ -11,13 +11,19 @@ use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 type Job = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// The pool's counters, as `/api/health` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PoolStats {
+    /// Workers: parts that run at once, at most.
     pub workers: u64,
+    /// Parts running now.
     pub active: u64,
+    /// Parts waiting for a worker.
     pub queued: u64,
+    /// Parts finished since the node started.
     pub completed: u64,
+    /// Parts that failed since the node started.
     pub failed: u64,
+    /// Searches refused since the node started because the queue was full.
     pub rejected: u64,
 }
 

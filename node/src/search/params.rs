@@ -16,16 +16,50 @@ const MAX_KEYWORDS: usize = 20;
 const MAX_KEYWORD_CHARS: usize = 100;
 
 /// The body of `POST /api/searches`, as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The UFs to search, one part each (lowercase and spaces around are accepted too).
+    #[schema(schema_with = ufs_schema)]
     pub ufs: Vec<String>,
+    /// The first day, `YYYY-MM-DD`.
+    #[schema(format = Date, example = "2026-11-01")]
     pub date_from: String,
+    /// The last day, not before `date_from`, at most 366 days after it.
+    #[schema(format = Date, example = "2026-11-07")]
     pub date_to: String,
+    /// Words a notice must contain (any of them); none keeps every notice.
     #[serde(default)]
+    #[schema(schema_with = keywords_schema)]
     pub keywords: Vec<String>,
+    /// Where notices come from: one of the node's sources (`sources` of
+    /// `GET /api/health`); `sample` when left out.
     #[serde(default)]
+    #[schema(example = "sample")]
     pub source: Option<String>,
+}
+
+/// The OpenAPI schema of `ufs`: distinct UF codes.
+fn ufs_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    let code = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(UF_CODES));
+    ArrayBuilder::new()
+        .items(code)
+        .min_items(Some(1))
+        .max_items(Some(UF_CODES.len()))
+        .unique_items(true)
+        .build()
+}
+
+/// The OpenAPI schema of `keywords`.
+fn keywords_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    let keyword = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_KEYWORD_CHARS))
+        .pattern(Some("\\S"));
+    ArrayBuilder::new().items(keyword).max_items(Some(MAX_KEYWORDS)).build()
 }
 
 /// A validated search.
