@@ -6,7 +6,6 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-mod console;
 mod data_dir;
 mod discovery;
 pub mod fabric;

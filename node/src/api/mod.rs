@@ -1,6 +1,7 @@
 //! The public HTTP API of DESIGN §6 and the state its handlers share.
 
 mod cluster;
+mod console;
 mod cross_site;
 mod downloads;
 mod error;
@@ -96,7 +97,7 @@ pub fn public_routes() -> OpenApiRouter<AppState> {
         .merge(trackers::routes())
         .merge(downloads::routes())
         .merge(cluster::routes())
-        .merge(crate::console::routes())
+        .merge(console::routes())
         .routes(routes!(openapi::openapi_json))
 }
 

@@ -7,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::AppState;
+use super::AppState;
 
-const INDEX_HTML: &str = include_str!("assets/index.html");
-const APP_JS: &str = include_str!("assets/app.js");
-const STYLE_CSS: &str = include_str!("assets/style.css");
+const INDEX_HTML: &str = include_str!("../console/assets/index.html");
+const APP_JS: &str = include_str!("../console/assets/app.js");
+const STYLE_CSS: &str = include_str!("../console/assets/style.css");
 
 /// Scripts, styles, connections and images from this origin only; no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
