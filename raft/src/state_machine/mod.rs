@@ -8,8 +8,9 @@
 //! after a crash the tree is at some entry boundary and openraft re-applies the rest
 //! from the log.
 //!
-//! Durability: applies are committed without fsync; every 200 ms
-//! ([`DURABLE_INTERVAL`]) an apply is committed durably, and so is every snapshot point.
+//! Durability: applies are written without fsync; every 200 ms ([`DURABLE_INTERVAL`]) a
+//! flush on a blocking thread makes what was applied durable while applies go on, and
+//! every snapshot point is made durable before openraft purges the log behind it.
 //! The durable applied index ([`StateMachineStore::durable_index`]) tells the log store
 //! how far it may purge.
 
@@ -20,7 +21,7 @@ mod snapshot;
 
 use std::io::Cursor;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -68,6 +69,8 @@ pub struct StateMachineStore {
     durable: Arc<watch::Sender<u64>>,
     /// When an apply was last committed durably.
     durable_at: std::time::Instant,
+    /// True while a flush of [`Self::flush_in_background`] runs.
+    flushing: Arc<AtomicBool>,
     /// Orders the writes of the current snapshot by snapshot builds and installs.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
     /// False until openraft's start-up has read the current snapshot's metadata.
@@ -93,6 +96,7 @@ impl StateMachineStore {
             applied: watch::Sender::new(0),
             durable: Arc::new(watch::Sender::new(0)),
             durable_at: std::time::Instant::now(),
+            flushing: Arc::default(),
             snapshot_lock: Arc::default(),
             started: false,
         };
@@ -145,6 +149,28 @@ impl StateMachineStore {
     fn mark_durable(&mut self, applied: Option<LogId<NodeId>>) {
         raise(&self.durable, applied);
         self.durable_at = std::time::Instant::now();
+    }
+
+    /// Every [`DURABLE_INTERVAL`], makes the state durable up to `applied` (and what
+    /// applies meanwhile) on a blocking thread while applies go on, then raises the
+    /// durable index to it. One flush at a time; a failed one leaves the index where it
+    /// was (the log is not purged past it) and the next interval tries again.
+    fn flush_in_background(&mut self, applied: LogId<NodeId>) {
+        if self.durable_at.elapsed() < DURABLE_INTERVAL
+            || self.flushing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.durable_at = std::time::Instant::now();
+        let (engine, durable, flushing) =
+            (self.engine.clone(), self.durable.clone(), self.flushing.clone());
+        tokio::task::spawn_blocking(move || {
+            match engine.flush() {
+                Ok(()) => raise(&durable, Some(applied)),
+                Err(error) => tracing::error!(%error, "cannot make the applied state durable"),
+            }
+            flushing.store(false, Ordering::Release);
+        });
     }
 
     fn set_last_applied(&mut self, last_applied: Option<LogId<NodeId>>) {
@@ -222,17 +248,9 @@ impl StateMachineStore {
             change.batch.put(keys::NUM_KV, codec::encode(&count));
             count
         });
-        if self.durable_at.elapsed() >= DURABLE_INTERVAL {
-            let state = self.state.clone();
-            tokio::task::spawn_blocking(move || state.apply_durably(change.batch))
-                .await
-                .map_err(|e| StorageIOError::apply(log_id, &e))?
-                .map_err(|e| StorageIOError::apply(log_id, &e))?;
-            self.mark_durable(Some(log_id));
-        } else {
-            self.state.apply(change.batch).map_err(|e| StorageIOError::apply(log_id, &e))?;
-        }
+        self.state.apply(change.batch).map_err(|e| StorageIOError::apply(log_id, &e))?;
         self.set_last_applied(Some(log_id));
+        self.flush_in_background(log_id);
         if let Some(count) = num_sessions {
             self.num_sessions.store(count, Ordering::Relaxed);
         }

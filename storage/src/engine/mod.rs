@@ -1,5 +1,6 @@
 //! The [`Engine`] trait: ordered key-value trees with atomic batches and `flush`.
 
+mod overlay;
 mod redb_engine;
 mod sled_engine;
 
