@@ -67,7 +67,7 @@ pub struct StateMachineStore {
     applied: watch::Sender<u64>,
     /// The applied index plus one that is durable, for the log store's purge guard.
     durable: Arc<watch::Sender<u64>>,
-    /// When an apply was last committed durably.
+    /// When the last durable flush began.
     durable_at: std::time::Instant,
     /// True while a flush of [`Self::flush_in_background`] runs.
     flushing: Arc<AtomicBool>,
