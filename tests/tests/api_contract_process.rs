@@ -62,9 +62,7 @@ async fn schemathesis(base: &str, name: &str) -> anyhow::Result<()> {
         // Every check schemathesis has runs by default; `--checks all` would also override
         // the configuration's exceptions for single operations.
         .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed])
-        // One worker: with two, hypothesis's lambda-source cache (not thread-safe) once
-        // raised a KeyError inside schemathesis, a runtime error of the tool, not of shoal.
-        .args(["--workers", "1", "--no-color"])
+        .args(["--workers", "2", "--no-color"])
         .arg("--report")
         .arg("junit")
         .arg("--report-junit-path")
