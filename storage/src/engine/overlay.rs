@@ -18,10 +18,14 @@ use crate::Result;
 /// How long applied writes wait at most before the committer writes them to redb.
 pub(super) const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Buffered bytes that wake the committer before the interval is over.
-pub(super) const COMMIT_BYTES: usize = 4 << 20;
+pub(super) const COMMIT_BYTES: usize = 1 << 20;
 /// Buffered bytes past which the writer commits itself (waiting for a commit under
-/// way first): what bounds the buffer's memory when commits fall behind.
-pub(super) const WRITER_COMMITS_BYTES: usize = 64 << 20;
+/// way first): what bounds the buffer, and the time a writer can be held, when commits
+/// fall behind or values are large (a progress record of a million parts is megabytes).
+/// The state machine applies on an async thread, as it committed every entry before the
+/// buffer: one commit of tens of megabytes there held a node's Raft core long enough for
+/// its followers to count themselves cut off.
+pub(super) const WRITER_COMMITS_BYTES: usize = 4 << 20;
 
 /// A key's buffered state: its new value, or `None` when it was removed.
 type Slot = Option<Vec<u8>>;
@@ -45,8 +49,12 @@ impl Overlay {
                 WriteOp::Put(key, value) => (key, Some(value)),
                 WriteOp::Delete(key) => (key, None),
             };
-            self.bytes += key.len() + slot.as_ref().map_or(0, Vec::len);
-            slots.insert(key, slot);
+            let key_len = key.len();
+            self.bytes += key_len + slot.as_ref().map_or(0, Vec::len);
+            if let Some(replaced) = slots.insert(key, slot) {
+                // The slot it replaced is gone: count each key's newest slot only.
+                self.bytes -= key_len + replaced.map_or(0, |value| value.len());
+            }
         }
     }
 
@@ -65,8 +73,7 @@ impl Overlay {
         self.trees.get(tree).into_iter().flat_map(move |slots| slots.range::<[u8], _>((from, to)))
     }
 
-    /// Returns about how many bytes of keys and values are buffered (overwritten ones
-    /// included).
+    /// Returns how many bytes of keys and values are buffered.
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -86,10 +93,12 @@ impl Overlay {
         for (tree, slots) in older.trees {
             let newer = self.trees.entry(tree).or_default();
             for (key, slot) in slots {
-                newer.entry(key).or_insert(slot);
+                if let std::collections::btree_map::Entry::Vacant(vacant) = newer.entry(key) {
+                    self.bytes += vacant.key().len() + slot.as_ref().map_or(0, Vec::len);
+                    vacant.insert(slot);
+                }
             }
         }
-        self.bytes += older.bytes;
     }
 }
 
@@ -165,6 +174,8 @@ mod tests {
         assert_eq!(overlay.get("t", b"b"), Some(None));
         assert_eq!(overlay.get("t", b"c"), None);
         assert_eq!(overlay.get("other", b"a"), None);
+        // "a" and "3", "b" and nothing: a key counts with its newest slot only.
+        assert_eq!(overlay.bytes(), 3);
 
         let mut newer = Overlay::default();
         newer.apply("t", batch(&[("b", Some("4"))]));
