@@ -52,6 +52,13 @@ fn node_args(pncp_port: u16) -> Vec<String> {
     .to_vec()
 }
 
+/// The two schemathesis runs take turns. Side by side on two cores, the debug-build
+/// 3-node cluster of one run starved while the other ran: its follower went over the
+/// 600 ms without an append that counts as cut off, and answered 503 `no_quorum` (in
+/// 3 of 5 runs, with the build before issue 18's write-back buffer as well). That says
+/// nothing of the contract.
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
@@ -104,6 +111,7 @@ async fn schemathesis(base: &str, name: &str) -> anyhow::Result<()> {
 #[ignore = "needs schemathesis: scripts/test installs it and runs this test"]
 async fn schemathesis_finds_nothing_on_a_single_node() -> anyhow::Result<()> {
     shoal_tests::init_test_tracing();
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;
     let args = node_args(free_port());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -116,6 +124,7 @@ async fn schemathesis_finds_nothing_on_a_single_node() -> anyhow::Result<()> {
 #[ignore = "needs schemathesis: scripts/test installs it and runs this test"]
 async fn schemathesis_finds_nothing_on_a_follower_of_three_nodes() -> anyhow::Result<()> {
     shoal_tests::init_test_tracing();
+    let _alone = ONE_RUN_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;
     let args = node_args(free_port());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
