@@ -23,8 +23,7 @@ pub(super) const COMMIT_BYTES: usize = 1 << 20;
 /// way first): what bounds the buffer, and the time a writer can be held, when commits
 /// fall behind or values are large (a progress record of a million parts is megabytes).
 /// The state machine applies on an async thread, as it committed every entry before the
-/// buffer: one commit of tens of megabytes there held a node's Raft core long enough for
-/// its followers to count themselves cut off.
+/// buffer: a writer's own commit stays near the size of the entry it commits.
 pub(super) const WRITER_COMMITS_BYTES: usize = 4 << 20;
 
 /// A key's buffered state: its new value, or `None` when it was removed.
