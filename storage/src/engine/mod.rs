@@ -42,11 +42,6 @@ pub trait Tree: Send + Sync + Debug + 'static {
     /// Applies every operation of `batch` atomically: after a crash, all or none.
     fn apply(&self, batch: WriteBatch) -> Result<()>;
 
-    /// Applies `batch` as [`Tree::apply`] does and makes it, with every write before it,
-    /// durable as [`Engine::flush`] does, in one commit. Blocks: call it off the async
-    /// threads.
-    fn apply_durably(&self, batch: WriteBatch) -> Result<()>;
-
     /// Returns the pairs with keys in the range, in key order.
     fn range(
         &self,
@@ -143,7 +138,8 @@ mod tests {
             // A durable batch after plain ones: the reopen below finds both. (A clean close
             // keeps plain writes too: crash durability is checked by the process tests that SIGKILL
             // nodes after acknowledged writes.)
-            many.apply_durably(batch).unwrap();
+            many.apply(batch).unwrap();
+            engine.flush().unwrap();
             let keys: Vec<u32> = many
                 .range(Bound::Unbounded, Bound::Unbounded)
                 .map(|pair| u32::from_be_bytes(pair.unwrap().0.try_into().unwrap()))

@@ -6,10 +6,10 @@
 //! first; a committer thread writes what is buffered to redb as one transaction without
 //! fsync ([`Durability::None`]) every [`COMMIT_INTERVAL`], or sooner when
 //! [`COMMIT_BYTES`] wait. [`Engine::flush`] commits what is buffered with
-//! [`Durability::Immediate`], which makes it and every commit before it durable, and
-//! [`Tree::apply_durably`] does the same after its batch. Commits go one at a time, each
-//! with every write buffered before it, and redb recovers to the last durable commit: a
-//! crash loses a suffix of the writes, never reorders them, and a batch is all or none.
+//! [`Durability::Immediate`], which makes it and every commit before it durable. Commits
+//! go one at a time, each with every write buffered before it, and redb recovers to the
+//! last durable commit: a crash loses a suffix of the writes, never reorders them, and a
+//! batch is all or none.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -297,11 +297,6 @@ impl Tree for RedbTree {
 
     fn apply(&self, batch: WriteBatch) -> Result<()> {
         self.engine.shared().apply(&self.name, batch)
-    }
-
-    fn apply_durably(&self, batch: WriteBatch) -> Result<()> {
-        self.apply(batch)?;
-        self.engine.flush()
     }
 
     fn range(

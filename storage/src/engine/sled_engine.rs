@@ -97,13 +97,6 @@ impl Tree for SledTree {
         Ok(())
     }
 
-    fn apply_durably(&self, batch: WriteBatch) -> Result<()> {
-        self.apply(batch)?;
-        // Flushes the whole database: sled's trees share one page cache.
-        self.tree.flush()?;
-        Ok(())
-    }
-
     fn range(
         &self,
         from: Bound<&[u8]>,
