@@ -24,8 +24,10 @@ impl ClusterBlobStore {
     }
 }
 
+/// Says whether waiting may mend `error`: a node cut off from the quorum is unavailable
+/// (downloads answer 503, so load balancers try another node; reports wait for it).
 fn blob_error(error: ClusterError) -> BlobError {
-    if error.is_retryable() {
+    if error.is_unavailable() {
         BlobError::Unavailable(error.to_string())
     } else {
         BlobError::Failed(error.to_string())
@@ -87,5 +89,24 @@ impl BlobStore for ClusterBlobStore {
                 bytes,
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_cut_off_is_unavailable_not_failed() {
+        // Downloads answer 503 for it (a load balancer tries another node) and reports
+        // wait for it; before, it was a failure: 500, and the search failed.
+        for error in [
+            ClusterError::NoQuorum,
+            ClusterError::NoLeader,
+            ClusterError::Timeout(Duration::from_secs(1)),
+        ] {
+            assert!(matches!(blob_error(error), BlobError::Unavailable(_)));
+        }
+        assert!(matches!(blob_error(ClusterError::Raft("broken".into())), BlobError::Failed(_)));
     }
 }

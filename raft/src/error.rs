@@ -55,6 +55,14 @@ impl ClusterError {
                 | ClusterError::Timeout(_)
         )
     }
+
+    /// Returns whether the cluster may take the same request later: it is retryable, or
+    /// this node is cut off from the quorum (which it finds again when an election ends
+    /// or a partition heals). A client goes to another node instead; background work,
+    /// which has no client, waits for it.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_retryable() || matches!(self, ClusterError::NoQuorum)
+    }
 }
 
 /// Returns the error of a request that reached a node that does not lead: where the

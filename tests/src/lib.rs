@@ -696,7 +696,7 @@ impl TestCluster {
     }
 
     /// Returns the last lines each of `indexes` logged, to tell why a wait failed.
-    fn log_tails(&self, indexes: &[usize]) -> String {
+    pub fn log_tails(&self, indexes: &[usize]) -> String {
         let mut tails = String::from("last log lines of the nodes:");
         for index in indexes {
             let log = self.nodes[*index].log();

@@ -73,7 +73,11 @@ async fn the_console_follows_a_search_to_completed_while_its_stream_node_dies() 
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = run_script(dir.path(), "console_browser.py", &args, &[], SCRIPT_DEADLINE).await?;
-    ensure!(run.status.success(), "the browser run failed:\n{run}");
+    ensure!(
+        run.status.success(),
+        "the browser run failed:\n{run}\n{}",
+        cluster.log_tails(&[0, 1, 2])
+    );
     ensure!(run.stdout.contains("console browser test: ok"), "no success line:\n{run}");
 
     // The script killed one node (by pid): the other two carry on as a cluster.

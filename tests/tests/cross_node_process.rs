@@ -281,3 +281,65 @@ async fn a_full_queue_places_searches_on_other_nodes() -> anyhow::Result<()> {
     assert!(refused.headers().contains_key("retry-after"));
     Ok(())
 }
+
+/// A search whose node is cut off from the quorum for a few seconds while it runs (the
+/// two other nodes SIGSTOPped, as stalled VMs are) does not fail: its milestones, report
+/// and end wait for the quorum to come back, then the search completes. Before, the
+/// first write refused as cut off failed it ("could not record the end of the search:
+/// this node is cut off from a quorum"), though an election usually ends within a second.
+#[tokio::test]
+async fn a_search_cut_off_from_the_quorum_for_a_while_completes_once_it_is_back(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // About 24 pages a UF at 150 ms each: the search runs into the cut-off.
+    let cluster = TestCluster::start(dir.path(), 3, &["--sample-page-delay-ms", "150"])?;
+    cluster.wait_converged(&[0, 1, 2], 3, FORM).await?;
+    let body = json!({"ufs": ["SP", "RJ"], "date_from": "2025-01-01", "date_to": "2025-12-31"});
+    let id = start_search(&cluster.nodes[0].url(""), body).await?;
+    let state_path = format!("/api/searches/{id}");
+    let owner_id = get_json(&cluster.nodes[0].url(&state_path)).await?["owner"].as_u64();
+    let mut owner = None;
+    for index in 0..3 {
+        if Some(cluster.node_id(index).await?) == owner_id {
+            owner = Some(index);
+        }
+    }
+    let owner = owner.expect("the owner is one of the three nodes");
+    let others: Vec<usize> = (0..3).filter(|index| *index != owner).collect();
+    let path = format!("/api/searches/{id}/events");
+    let (_, first) = read_sse(&cluster.nodes[owner].url(&path), None, 3, STREAM).await?;
+    assert_eq!(first[0].event, "snapshot", "{first:?}");
+
+    tracing::info!(owner, "--- SIGSTOP the two other nodes: the owner is cut off");
+    for index in &others {
+        cluster.nodes[*index].signal("STOP")?;
+    }
+    // Past the owner's contact limit (twice the 300 ms election timeout) and past the
+    // three tries of about 3 s the end of a search had before, within the 15 s patience.
+    let cut_off = cluster.nodes[owner].url("/api/health/ready");
+    wait_until("the owner says it is cut off", FORM, || {
+        let url = cut_off.clone();
+        async move { Ok(reqwest::get(&url).await?.status() == StatusCode::SERVICE_UNAVAILABLE) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tracing::info!("--- SIGCONT: the quorum is back");
+    for index in &others {
+        cluster.nodes[*index].signal("CONT")?;
+    }
+
+    let last = first.last().unwrap().id.clone();
+    let mut events = first.clone();
+    let (_, more) =
+        read_sse(&cluster.nodes[owner].url(&path), last.as_deref(), usize::MAX, STREAM).await?;
+    events.extend(more);
+    assert_eq!(events.last().unwrap().event, "completed", "{events:?}");
+    let state = get_json(&cluster.nodes[others[0]].url(&state_path)).await?;
+    assert_eq!(state["status"], "completed", "{state}");
+    assert_eq!(state["attempt"], 1, "the owner finished it, no other node took over: {state}");
+    let link = state["result"]["download"]["url"].as_str().unwrap();
+    for index in 0..3 {
+        assert_eq!(reqwest::get(cluster.nodes[index].url(link)).await?.status(), StatusCode::OK);
+    }
+    Ok(())
+}

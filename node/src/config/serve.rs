@@ -220,7 +220,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_STORAGE_CACHE_MB", default_value_t = 64, value_name = "MB")]
     pub storage_cache_mb: u64,
 
-    /// Raft heartbeat interval
+    /// Raft heartbeat interval; also how long the leader waits for a follower to take an
+    /// append, its fsync included: raise it (and the election timeout) on slow disks
     #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL_MS", default_value_t = 50, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 

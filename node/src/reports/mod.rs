@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_raft::unix_millis;
-use shoal_storage::{Blob, BlobStore, S3BlobStore};
+use shoal_storage::{Blob, BlobError, BlobStore, S3BlobStore};
 pub use signing::{DownloadSigner, LinkError};
 pub use xlsx::{build, ReportInput, CONSTANT_MEMORY_ROWS};
 
 use crate::search::{Notice, SearchParams};
+use crate::store::patiently_while;
 use crate::time::rfc3339_millis;
 
 /// The content type of .xlsx files.
@@ -141,8 +142,10 @@ impl Reports {
                 ),
             }
         }
-        self.store
-            .put(&id, blob, self.ttl)
+        // Between leaders, or cut off for a moment: the search has no client that would
+        // retry, so it waits (each chunk is stored under its index: a retry rewrites it).
+        let unavailable = |error: &BlobError| matches!(error, BlobError::Unavailable(_));
+        patiently_while(unavailable, || self.store.put(&id, blob.clone(), self.ttl))
             .await
             .map_err(|error| format!("storing the report failed: {error}"))?;
         tracing::info!(

@@ -70,6 +70,15 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Returns whether background work (a search's milestones, which have no client that
+    /// would go to another node) may succeed by trying again here: it is retryable, or
+    /// this node is cut off from a quorum, which it finds again when an election ends.
+    pub fn mends_with_time(&self) -> bool {
+        self.is_retryable() || matches!(self, StoreError::Unavailable(Unavailable::NoQuorum))
+    }
+}
+
 impl From<ClusterError> for StoreError {
     fn from(error: ClusterError) -> Self {
         match error {

@@ -106,18 +106,34 @@ pub trait StateStore: Debug + Send + Sync {
 pub type Store = Arc<dyn StateStore>;
 
 /// Runs `write` until it succeeds, fails for good, or [`PATIENCE`] runs out: for
-/// background work that has no client to retry it.
-pub async fn patiently<T, F, Fut>(mut write: F) -> Result<T>
+/// background work that has no client to retry it (a search's milestones). A node cut off
+/// from the quorum waits too: an election ends within a second or two, and failing the
+/// search instead would lose its work.
+pub async fn patiently<T, F, Fut>(write: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
+{
+    patiently_while(StoreError::mends_with_time, write).await
+}
+
+/// Runs `write` until it succeeds, fails with an error `mends` does not expect to mend,
+/// or [`PATIENCE`] runs out.
+pub async fn patiently_while<T, E, F, Fut>(
+    mends: impl Fn(&E) -> bool,
+    mut write: F,
+) -> std::result::Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
         match write().await {
-            Err(error) if error.is_retryable() && started.elapsed() < PATIENCE => {
-                tracing::debug!(%error, "the state store cannot take a write yet; retrying");
+            Err(error) if mends(&error) && started.elapsed() < PATIENCE => {
+                tracing::debug!(%error, "the store cannot take a write yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRecord {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Unix milliseconds (leader's clock) from which the key no longer exists; `None`:
     /// it lives until deleted.
@@ -64,21 +65,47 @@ pub enum ExpireCondition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
     /// `SET key value` with its options; `get` answers the value before (`SET … GET`).
-    Set { key: Vec<u8>, value: Vec<u8>, ttl: Ttl, condition: SetCondition, get: bool },
+    Set {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        ttl: Ttl,
+        condition: SetCondition,
+        get: bool,
+    },
     /// `MSET`, or `MSETNX` when `only_new` (nothing is set unless no key exists). Every
     /// key loses its deadline.
     SetMany { pairs: Vec<(Vec<u8>, Vec<u8>)>, only_new: bool },
     /// `DEL`/`UNLINK`: answers how many existed.
     Delete { keys: Vec<Vec<u8>> },
     /// `GETDEL`: answers the value and deletes the key.
-    Take { key: Vec<u8> },
+    Take {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// `EXPIRE` and kin, `PERSIST` ([`Ttl::Clear`]), `GETEX` with an option (`get`:
     /// answer the value rather than whether the deadline changed).
-    Expire { key: Vec<u8>, ttl: Ttl, condition: ExpireCondition, get: bool },
+    Expire {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        ttl: Ttl,
+        condition: ExpireCondition,
+        get: bool,
+    },
     /// `INCRBY` and kin: the value as a signed 64-bit decimal, plus `by`.
-    IncrBy { key: Vec<u8>, by: i64 },
+    IncrBy {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        by: i64,
+    },
     /// `APPEND`: answers the new length.
-    Append { key: Vec<u8>, value: Vec<u8> },
+    Append {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl KvCommand {
@@ -117,11 +144,81 @@ impl KvCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvReply {
     /// `Set` and `SetMany`: whether the write happened, and the value before when asked.
-    Written { written: bool, previous: Option<Vec<u8>> },
+    Written {
+        written: bool,
+        #[serde(with = "serde_bytes")]
+        previous: Option<Vec<u8>>,
+    },
     /// `Delete`: how many keys went; `Expire` without `get`: 1 if the deadline changed.
     Count(u64),
     /// `Take`, and `Expire` with `get`: the value (before the change), if the key existed.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// `IncrBy`: the new value; `Append`: the new length.
     Integer(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_storage::codec;
+
+    /// The records as every build before `serde_bytes` described them: byte strings one
+    /// element at a time.
+    #[derive(Serialize, Deserialize)]
+    struct RecordAsSequence {
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum ReplyAsSequence {
+        Written { written: bool, previous: Option<Vec<u8>> },
+        Count(u64),
+        Value(Option<Vec<u8>>),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum CommandAsSequence {
+        Set { key: Vec<u8>, value: Vec<u8>, ttl: Ttl, condition: SetCondition, get: bool },
+    }
+
+    #[test]
+    fn byte_strings_encode_as_they_always_did() {
+        let value: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        let record = KvRecord { value: value.clone(), expires_at_ms: Some(5) };
+        let old = RecordAsSequence { value: value.clone(), expires_at_ms: Some(5) };
+        assert_eq!(codec::encode(&record), codec::encode(&old));
+        let back: KvRecord = codec::decode(&codec::encode(&old), "record").unwrap();
+        assert_eq!(back, record);
+
+        let key = b"session:1".to_vec();
+        let set = KvCommand::Set {
+            key: key.clone(),
+            value: value.clone(),
+            ttl: Ttl::Keep,
+            condition: SetCondition::IfAbsent,
+            get: true,
+        };
+        let old = CommandAsSequence::Set {
+            key,
+            value: value.clone(),
+            ttl: Ttl::Keep,
+            condition: SetCondition::IfAbsent,
+            get: true,
+        };
+        assert_eq!(codec::encode(&set), codec::encode(&old));
+        assert_eq!(codec::decode::<KvCommand>(&codec::encode(&old), "command").unwrap(), set);
+
+        for (new, old) in [
+            (KvReply::Value(Some(value.clone())), ReplyAsSequence::Value(Some(value.clone()))),
+            (KvReply::Value(None), ReplyAsSequence::Value(None)),
+            (
+                KvReply::Written { written: true, previous: Some(b"v".to_vec()) },
+                ReplyAsSequence::Written { written: true, previous: Some(b"v".to_vec()) },
+            ),
+        ] {
+            assert_eq!(codec::encode(&new), codec::encode(&old));
+            assert_eq!(codec::decode::<KvReply>(&codec::encode(&old), "reply").unwrap(), new);
+        }
+    }
 }
