@@ -68,9 +68,7 @@ impl StoreError {
             )
         )
     }
-}
 
-impl StoreError {
     /// Returns whether background work (a search's milestones, which have no client that
     /// would go to another node) may succeed by trying again here: it is retryable, or
     /// this node is cut off from a quorum, which it finds again when an election ends.
